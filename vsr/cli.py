@@ -1,0 +1,86 @@
+"""`vsr` command line: a thin dispatcher.
+
+Each subcommand lives next to the code it drives and exposes two functions,
+`add_cli(parser)` (declare its arguments) and `run_cli(args) -> int` (do it). This file
+only wires them together and turns errors into one line plus an exit code
+(see `vsr.errors`); `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from vsr.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_RESOURCES, EXIT_USAGE, VsrError
+
+# name -> (module, one-line help). Imported lazily so `vsr --help` stays fast.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "upscale": ("vsr.transcode", "upscale a video file (the main job)"),
+    "calibrate": ("vsr.calibrate", "measure a model's Perceptual Recoverable Field per scale"),
+    "models": ("vsr.models", "list the available models or show a model card"),
+    "eval": ("vsr.evaluate", "quality and temporal metrics of an output video"),
+    "corpus": ("pipelines.corpus", "build the training corpus from registry packages"),
+    "train": ("pipelines.train_prior", "train the default diffusion prior"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vsr",
+        description="Video super-resolution with pre-trained diffusion models "
+        "(noise injection at the Perceptual Recoverable Field).",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # optional pieces (e.g. training deps) missing
+            if exc.name not in (module_name, "skimage"):
+                raise
+            p.set_defaults(_missing=f"'vsr {name}' is unavailable: {exc}")
+            continue
+        module.add_cli(p)
+        p.set_defaults(_run=module.run_cli)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "_missing", None):
+            raise VsrError(args._missing, EXIT_USAGE)
+        if not getattr(args, "_run", None):
+            parser.print_help()
+            return EXIT_USAGE
+        return int(args._run(args) or 0)
+    except VsrError as exc:
+        if debug:
+            raise
+        print(f"vsr: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("vsr: interrupted (rerun with --resume to continue)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        if debug:
+            raise
+        print("vsr: out of memory: lower --batch or --tile", file=sys.stderr)
+        return EXIT_RESOURCES
+    except Exception as exc:  # a bug: still one line unless --debug
+        if debug:
+            raise
+        print(f"vsr: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
