@@ -1,0 +1,179 @@
+"""Metrics against independent or hand-computed values on real photographs (skimage.data)."""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+from skimage.metrics import structural_similarity
+
+from vsr import metrics as m
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return data.astronaut()  # 512x512x3 uint8, a real photograph
+
+
+@pytest.fixture(scope="module")
+def niqe_model() -> m.NiqeModel:
+    # Fitted on other photographs than the one scored below.
+    return m.fit_niqe([data.coffee(), data.chelsea(), data.rocket(), data.immunohistochemistry()])
+
+
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(img, (0, 0), sigma) if sigma > 0 else img
+
+
+def test_luma_is_bt601_studio_range():
+    img = np.array([[[0, 0, 0], [255, 255, 255], [255, 0, 0]]], dtype=np.uint8)
+    assert m.luma(img) == pytest.approx(np.array([[16.0, 235.0, 16.0 + 65.481]]))
+    assert m.luma(img.astype(np.uint16) * 257) == pytest.approx(m.luma(img))
+
+
+def test_psnr_of_constant_offset_is_exact(photo):
+    a = np.clip(photo, 20, 230)
+    b = a + np.uint8(10)
+    dy = 219.0 * 10 / 255  # every channel +10 moves studio luma by 219/255 per level
+    assert m.psnr(b, a) == pytest.approx(20 * math.log10(255 / dy), abs=1e-9)
+    assert m.psnr(a, a) == math.inf
+
+
+def test_crop_border_ignores_the_frame_edge(photo):
+    b = photo.copy()
+    b[:4] = 0
+    assert m.psnr(b, photo, crop_border=4) == math.inf
+    assert m.psnr(b, photo) < 40
+    with pytest.raises(ValueError):
+        m.psnr(photo[:, :10], photo[:, :10], crop_border=5)
+
+
+@pytest.mark.parametrize("sigma,noise", [(1.0, 0), (2.5, 0), (0, 12)])
+def test_ssim_matches_skimage(photo, sigma, noise):
+    dist = _blur(photo, sigma).astype(np.float64)
+    dist = np.clip(dist + np.random.default_rng(1).normal(0, noise, dist.shape), 0, 255).astype(np.uint8)
+    # independent luma, then scikit-image's SSIM with Wang et al.'s settings
+    y = lambda im: 16 + im.astype(np.float64) @ np.array([65.481, 128.553, 24.966]) / 255
+    want = structural_similarity(
+        y(dist), y(photo), gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255
+    )
+    assert m.ssim(dist, photo) == pytest.approx(want, abs=1e-10)
+    assert m.ssim(photo, photo) == pytest.approx(1.0)
+
+
+def test_size_mismatch_is_an_error(photo):
+    with pytest.raises(ValueError, match="sizes differ"):
+        m.ssim(photo[:-2], photo)
+
+
+def test_ms_ssim_identity_and_monotone_under_blur(photo):
+    assert m.ms_ssim(photo, photo) == pytest.approx(1.0)
+    scores = [m.ms_ssim(_blur(photo, s), photo) for s in (0.5, 1.0, 2.0, 4.0)]
+    assert all(a > b for a, b in zip(scores, scores[1:])), scores
+    assert 0 < scores[-1] < scores[0] < 1
+    # small images fall back to fewer scales instead of failing
+    assert 0 < m.ms_ssim(_blur(photo[:64, :64], 1.0), photo[:64, :64]) < 1
+
+
+def test_gmsd_identical_is_zero_and_grows_with_blur(photo):
+    assert m.gmsd(photo, photo) == 0.0
+    scores = [m.gmsd(_blur(photo, s), photo) for s in (0.5, 1.5, 3.0)]
+    assert 0 < scores[0] < scores[1] < scores[2]
+
+
+def test_gmsd_hand_computed_flat_pair():
+    # Two flat 8x8 grey images, luma a and b. After 2x2 averaging: flat 4x4. Prewitt with
+    # zero padding: inner 2x2 pixels have no gradient (GMS 1); the 8 edge pixels see one
+    # missing row/column: |g| = value; the 4 corners see both: |g| = 2*sqrt(2)/3 * value.
+    va, vb = 200, 80
+    a = np.full((8, 8, 3), va, np.uint8)
+    b = np.full((8, 8, 3), vb, np.uint8)
+    ya, yb = 16 + 219 * va / 255, 16 + 219 * vb / 255
+    c = 170.0
+    edge = (2 * ya * yb + c) / (ya**2 + yb**2 + c)
+    corner = (16 / 9 * ya * yb + c) / (8 / 9 * (ya**2 + yb**2) + c)
+    gms = np.array([1.0] * 4 + [edge] * 8 + [corner] * 4)
+    assert m.gmsd(b, a) == pytest.approx(np.std(gms, ddof=1), rel=1e-12)
+
+
+def test_niqe_prefers_the_pristine_photo(photo, niqe_model):
+    clean = m.niqe(photo, niqe_model)
+    blurred = m.niqe(_blur(photo, 2.0), niqe_model)
+    noisy = np.clip(photo + np.random.default_rng(0).normal(0, 15, photo.shape), 0, 255).astype(np.uint8)
+    assert clean < blurred
+    assert clean < m.niqe(noisy, niqe_model)
+    # more blur, less natural
+    assert blurred < m.niqe(_blur(photo, 4.0), niqe_model)
+
+
+def test_niqe_model_roundtrip_and_small_image(tmp_path, photo, niqe_model):
+    assert niqe_model.mu.shape == (36,) and niqe_model.cov.shape == (36, 36)
+    niqe_model.save(tmp_path / "n.npz")
+    back = m.load_niqe_model(tmp_path / "n.npz")
+    assert m.niqe(photo, back) == m.niqe(photo, niqe_model)
+    with pytest.raises(ValueError, match="two 96px patches"):
+        m.niqe(photo[:100, :100], niqe_model)
+
+
+def test_aggd_fit_recovers_a_gaussian():
+    x = np.random.default_rng(0).normal(0, 2.0, (3, 200_000))
+    alpha, bl, br, mean = m._aggd_fit(x)
+    assert alpha == pytest.approx(2.0, abs=0.05)
+    # for alpha = 2 the AGGD scale is sigma * sqrt(2)
+    assert bl == pytest.approx(2.0 * math.sqrt(2), rel=0.02) and br == pytest.approx(2.0 * math.sqrt(2), rel=0.02)
+    assert abs(mean).max() < 0.05
+
+
+def _crop_clip(photo: np.ndarray, shifts: list[tuple[int, int]]) -> list[np.ndarray]:
+    return [photo[100 + dy : 356 + dy, 100 + dx : 420 + dx] for dy, dx in shifts]
+
+
+def test_warping_error_is_zero_for_a_static_clip(photo):
+    clip = _crop_clip(photo, [(0, 0)] * 3)
+    assert m.warping_error(clip) == pytest.approx(0.0, abs=1e-12)
+    assert m.flicker(clip) == 0.0
+
+
+def test_flow_recovers_known_integer_shifts(photo):
+    shifts = [(0, 0), (2, 3), (5, 1), (7, -2)]
+    clip = _crop_clip(photo, shifts)
+    for (y0, x0), (y1, x1), prev, cur in zip(shifts, shifts[1:], clip, clip[1:]):
+        flow, valid = m.consistent_flow(prev, cur)
+        assert valid.mean() > 0.9
+        # cur(x) = prev(x + shift): the backward flow is the shift itself
+        assert np.median(flow[..., 0][valid]) == pytest.approx(x1 - x0, abs=0.05)
+        assert np.median(flow[..., 1][valid]) == pytest.approx(y1 - y0, abs=0.05)
+    unwarped = np.mean([np.mean((c / 255.0 - p / 255.0) ** 2) for p, c in zip(clip, clip[1:])])
+    err = m.warping_error(clip)
+    assert err < 1e-4 and err < unwarped / 100
+
+
+def test_warping_error_sees_flicker_that_the_reference_does_not_have(photo):
+    ref = _crop_clip(photo, [(0, 0), (1, 2), (2, 4)])
+    out = [np.clip(f.astype(int) + d, 0, 255).astype(np.uint8) for f, d in zip(ref, (0, 8, 0))]
+    assert m.warping_error(out, ref) > 10 * m.warping_error(ref, ref)
+
+
+def test_flicker_zero_for_constant_positive_for_oscillation(photo):
+    still = _crop_clip(photo, [(0, 0)] * 4)
+    assert m.flicker(still, still) == 0.0
+    flat = [np.full((64, 64, 3), 90, np.uint8)] * 3
+    assert m.flicker(flat) == 0.0
+    osc = [np.clip(f.astype(int) + d, 0, 255).astype(np.uint8) for f, d in zip(still, (0, 6, 0, 6))]
+    # +6 RGB levels = 6 * 219/255 luma levels on every static block
+    assert m.flicker(osc, still) == pytest.approx(6 * 219 / 255, rel=0.02)
+    assert m.flicker(osc) == pytest.approx(6 * 219 / 255, rel=0.05)  # static blocks from flow
+
+
+def test_moving_content_is_not_counted_as_flicker(photo):
+    moving = _crop_clip(photo, [(0, 0), (0, 6), (0, 12)])
+    # the guide moves everywhere there is texture: those blocks are not static
+    static = m.static_mask_from_guide(moving[0], moving[1])
+    assert static.mean() < 0.9
+    raw = np.mean([np.abs(m.low_pass_luma(c) - m.low_pass_luma(p)).mean() for p, c in zip(moving, moving[1:])])
+    assert raw > 3
+    assert m.flicker(moving, moving) < raw / 5
+    got = m.flicker(moving)  # flow-based: textured blocks move, flat ones may remain
+    assert math.isnan(got) or got < raw / 5
