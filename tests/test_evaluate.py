@@ -1,0 +1,106 @@
+"""`vsr eval`: the frame-level core on real photographs, and the command on real video files."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from vsr import metrics
+from vsr.cli import main
+from vsr.errors import EXIT_INPUT, EXIT_MODEL, InputError, UsageError
+from vsr.evaluate import evaluate_frames, format_table, result_to_dict
+
+
+@pytest.fixture(scope="module")
+def clip() -> list[np.ndarray]:
+    """Four 256x320 crops of a photograph panning by known steps: the reference clip."""
+    photo = data.astronaut()
+    return [photo[100 + dy : 356 + dy, 100 + dx : 420 + dx] for dy, dx in ((0, 0), (1, 2), (2, 4), (3, 6))]
+
+
+@pytest.fixture(scope="module")
+def niqe_model() -> metrics.NiqeModel:
+    return metrics.fit_niqe([data.coffee(), data.chelsea(), data.rocket()])
+
+
+def _blur(frames, sigma):
+    return [cv2.GaussianBlur(f, (0, 0), sigma) for f in frames]
+
+
+def test_full_reference_matches_the_metrics_frame_by_frame(clip, niqe_model):
+    out = _blur(clip, 1.2)
+    res = evaluate_frames(iter(out), iter(clip), crop_border=4, niqe_model=niqe_model)
+    assert res.mode == "full-reference" and res.n_frames == 4
+    for row, o, r in zip(res.rows, out, clip):
+        assert row["psnr"] == pytest.approx(metrics.psnr(o, r, 4))
+        assert row["ssim"] == pytest.approx(metrics.ssim(o, r, 4))
+        assert row["ms_ssim"] == pytest.approx(metrics.ms_ssim(o, r, 4))
+        assert row["gmsd"] == pytest.approx(metrics.gmsd(o, r, 4))
+        assert row["niqe"] == pytest.approx(metrics.niqe(o, niqe_model, 4))
+    assert math.isnan(res.rows[0]["warp_error"])
+    assert res.summary["psnr"] == pytest.approx(np.mean([r["psnr"] for r in res.rows]))
+    # the blurred clip moves exactly like the reference: small warping error
+    assert res.summary["warp_error"] == pytest.approx(
+        np.mean([r["warp_error"] for r in res.rows[1:]])
+    )
+    assert res.summary["warp_error"] < 1e-3
+
+
+def test_identical_clip_scores_perfectly(clip):
+    res = evaluate_frames(clip, clip)
+    assert res.summary["psnr"] == math.inf
+    assert res.summary["ssim"] == pytest.approx(1.0) and res.summary["gmsd"] == 0.0
+    doc = result_to_dict(res)
+    assert doc["summary"]["psnr"] == "inf"
+    assert doc["per_frame"][0]["warp_error"] is None
+    json.dumps(doc, allow_nan=False)  # valid JSON, no NaN/Infinity tokens
+    assert "psnr" in format_table(res) and "inf" in format_table(res)
+
+
+def test_flickering_output_is_caught_against_the_reference(clip):
+    flick = [np.clip(f.astype(int) + d, 0, 255).astype(np.uint8) for f, d in zip(clip, (0, 7, 0, 7))]
+    steady = evaluate_frames(clip, clip, temporal=True)
+    bad = evaluate_frames(flick, clip, temporal=True)
+    assert bad.summary["flicker"] > 4 > steady.summary["flicker"] + 3
+    assert bad.summary["warp_error"] > 10 * steady.summary["warp_error"]
+
+
+def test_size_mismatch_is_an_input_error(clip):
+    with pytest.raises(InputError, match="frame 0: output is 318x256 but the reference is 320x256"):
+        evaluate_frames([f[:, :318] for f in clip], clip)
+
+
+@pytest.mark.parametrize("n_out,n_ref", [(3, 4), (4, 2)])
+def test_frame_count_mismatch_is_an_input_error(clip, n_out, n_ref):
+    with pytest.raises(InputError, match="frame counts differ") as exc:
+        evaluate_frames(clip[:n_out], clip[:n_ref], temporal=False)
+    assert exc.value.exit_code == EXIT_INPUT
+
+
+def test_no_reference_uses_niqe_and_the_guide(clip, niqe_model):
+    low = [cv2.resize(f, (160, 128), interpolation=cv2.INTER_AREA) for f in clip]
+    res = evaluate_frames(clip, guides=low, niqe_model=niqe_model)
+    assert res.mode == "no-reference"
+    assert set(res.summary) == {"niqe", "warp_error", "flicker"}
+    assert res.summary["warp_error"] < 2e-3
+    alone = evaluate_frames(_blur(clip, 3.0), niqe_model=niqe_model, temporal=False)
+    assert set(alone.summary) == {"niqe"}
+    assert alone.summary["niqe"] > res.summary["niqe"]
+    with pytest.raises(UsageError):
+        evaluate_frames(clip, clip, guides=low)
+
+
+def test_empty_output_is_an_input_error():
+    with pytest.raises(InputError, match="no frames"):
+        evaluate_frames([], [])
+
+
+def test_cli_reports_missing_files_and_models(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nope.mp4"), "--no-niqe"]) == EXIT_INPUT
+    assert "no such file" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nope.mp4"), "--niqe-model", str(tmp_path / "x.npz")]) == EXIT_MODEL
