@@ -177,3 +177,33 @@ def test_moving_content_is_not_counted_as_flicker(photo):
     assert m.flicker(moving, moving) < raw / 5
     got = m.flicker(moving)  # flow-based: textured blocks move, flat ones may remain
     assert math.isnan(got) or got < raw / 5
+
+
+def test_fit_niqe_command_writes_model_and_provenance(tmp_path, photo):
+    import json
+
+    import pipelines.corpus as corpus
+    from pipelines.fit_niqe import main as fit_main
+
+    root = tmp_path / "corpus"
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "images" / "val").mkdir(parents=True)
+    images = []
+    for name, img, split in (("coffee", data.coffee(), "train"), ("chelsea", data.chelsea(), "train"),
+                             ("rocket", data.rocket(), "val")):
+        rel = f"images/{split}/{name}.png"
+        cv2.imwrite(str(root / rel), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        images.append({"id": name, "file": rel, "split": split})
+    (root / "manifest.json").write_text(json.dumps({"images": images}))
+    out = tmp_path / "assets" / "niqe.npz"
+    assert fit_main(["--corpus", str(root), "--out", str(out)]) == 0
+    model = m.load_niqe_model(out)
+    # the val image stays out of the fit
+    want = m.fit_niqe([data.coffee(), data.chelsea()])
+    assert model.n_patches == want.n_patches
+    np.testing.assert_allclose(model.mu, want.mu, rtol=1e-6)  # PNG round trip is lossless
+    prov = json.loads(out.with_suffix(".json").read_text())
+    assert prov["corpus_manifest_hash"] == corpus.corpus_manifest_hash(root)
+    assert prov["n_images"] == 2 and prov["patch_size"] == 96 and prov["sharpness_threshold"] == 0.75
+    assert prov["n_patches"] == model.n_patches and "--corpus" in prov["command"]
+    assert fit_main(["--corpus", str(tmp_path / "none"), "--out", str(out)]) == 3
