@@ -1,0 +1,20 @@
+"""vsr: video super-resolution with pre-trained diffusion models.
+
+`from vsr import Upscaler, EngineConfig` is the library entry point; the imports are
+lazy so `vsr --help` and light modules do not pay for torch/diffusers.
+"""
+from __future__ import annotations
+
+__all__ = ["EngineConfig", "Upscaler"]
+
+
+def __getattr__(name: str):
+    if name == "Upscaler":
+        from vsr.engine import Upscaler
+
+        return Upscaler
+    if name == "EngineConfig":
+        from vsr.config import EngineConfig
+
+        return EngineConfig
+    raise AttributeError(f"module 'vsr' has no attribute {name!r}")

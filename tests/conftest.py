@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny real diffusers models saved in vsr's model-folder layout."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+def build_tiny_model_dir(
+    folder: Path,
+    *,
+    pixel_unshuffle: int = 1,
+    prediction_type: str = "epsilon",
+    crop: int = 32,
+    card: bool = True,
+    seed: int = 0,
+) -> Path:
+    """A random-init 2-level UNet2DModel (downsampling factor 2 * pixel_unshuffle) plus a
+    linear-beta DDPMScheduler (T = 1000), saved with save_pretrained as unet/ + scheduler/,
+    and a model_card.yaml (crop, pixel_unshuffle, the paper's PRF curve)."""
+    import torch
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(seed)
+    ch = 3 * pixel_unshuffle**2
+    unet = UNet2DModel(
+        sample_size=crop // pixel_unshuffle,
+        in_channels=ch,
+        out_channels=ch,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    unet.save_pretrained(folder / "unet")
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type=prediction_type).save_pretrained(
+        folder / "scheduler"
+    )
+    if card:
+        (folder / "model_card.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "name": folder.name,
+                    "crop": crop,
+                    "pixel_unshuffle": pixel_unshuffle,
+                    "value_range": [-1, 1],
+                    "clip_x0": True,
+                    "prf": {"scales": [2, 4, 8], "t": [0.2, 0.4, 0.55]},
+                }
+            )
+        )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny epsilon-prediction model folder (crop 32, no pixel-unshuffle); read-only please."""
+    return build_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-eps")

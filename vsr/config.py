@@ -1,0 +1,188 @@
+"""The engine's configuration: one frozen, validated dataclass.
+
+Loaded once (a YAML preset from `configs/presets/` or a file), overridden from code or
+the CLI with `replace`, validated in `__post_init__` so a bad value fails where it is
+set, with a `ConfigError` naming the field and the allowed values. The resolved config
+is plain data (`to_dict`), so it can be saved next to outputs and pickled.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import math
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from vsr.errors import ConfigError
+
+NOISE_MODES = ("shared", "fresh")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+MAX_STEPS = 50
+
+
+def configs_dir() -> Path:
+    """The shipped `configs/` folder: the installed `vsr.configs` package, else the checkout's."""
+    try:
+        return Path(str(importlib.resources.files("vsr.configs")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
+def preset_names() -> list[str]:
+    folder = configs_dir() / "presets"
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def _fail(name: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"config field '{name}' = {value!r} is invalid: expected {allowed}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the engine does to each frame (see METHOD.md sections 1 and 3).
+
+    size is the output (width, height) and is exclusive with scale; noise_level is t/T
+    of the injected noise ("auto" reads the model card's PRF curve at the frame's
+    scale); timesteps, when given, is the exact descending DDIM set (0 <= t < T) and
+    overrides steps and noise_level.
+    """
+
+    model: str | None = None
+    size: tuple[int, int] | None = None
+    scale: float | None = None
+    steps: int = 2
+    timesteps: tuple[int, ...] | None = None
+    noise_level: float | Literal["auto"] = "auto"
+    tile: int | None = None
+    overlap: int = 32
+    batch: int = 8
+    seed: int = 0
+    noise: Literal["shared", "fresh"] = "shared"
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # normalise list -> tuple etc. on the frozen instance
+        if self.model is not None:
+            if not isinstance(self.model, (str, os.PathLike)) or not str(self.model):
+                _fail("model", self.model, "a model name, a local folder or a hub id (or null for the shipped prior)")
+            set_(self, "model", str(self.model))
+        if self.size is not None:
+            size = self.size
+            if isinstance(size, str) and "x" in size.lower():
+                size = size.lower().split("x")
+            try:
+                size = tuple(int(v) for v in size)
+            except (TypeError, ValueError):
+                _fail("size", self.size, "[width, height] of positive integers")
+            if len(size) != 2 or min(size) < 1:
+                _fail("size", self.size, "[width, height] of positive integers")
+            set_(self, "size", size)
+        if self.scale is not None:
+            if not _is_number(self.scale) or not 0 < self.scale <= 64:
+                _fail("scale", self.scale, "a number in (0, 64], e.g. 2 or 2.7")
+            set_(self, "scale", float(self.scale))
+        if self.size is not None and self.scale is not None:
+            raise ConfigError("config fields 'size' and 'scale' are exclusive: give one of them")
+        if not _is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS:
+            _fail("steps", self.steps, f"an integer in 1..{MAX_STEPS}")
+        if self.timesteps is not None:
+            ts = self.timesteps
+            if _is_int(ts):
+                ts = (ts,)
+            if (
+                not isinstance(ts, (list, tuple))
+                or not ts
+                or not all(_is_int(t) and t >= 0 for t in ts)
+                or any(a <= b for a, b in zip(ts, ts[1:]))
+            ):
+                _fail("timesteps", self.timesteps, "a strictly descending list of integers >= 0, e.g. [200, 100, 50]")
+            set_(self, "timesteps", tuple(int(t) for t in ts))
+        if self.noise_level != "auto":
+            if not _is_number(self.noise_level) or not 0 < self.noise_level < 1:
+                _fail("noise_level", self.noise_level, "'auto' or a number t/T in (0, 1), e.g. 0.3")
+            set_(self, "noise_level", float(self.noise_level))
+        if self.tile is not None and (not _is_int(self.tile) or self.tile < 8):
+            _fail("tile", self.tile, "null (the model card's crop) or an integer >= 8")
+        if not _is_int(self.overlap) or self.overlap < 0:
+            _fail("overlap", self.overlap, "an integer >= 0 (32-64 is typical)")
+        if self.tile is not None and self.overlap * 2 > self.tile:
+            _fail("overlap", self.overlap, f"at most half the tile ({self.tile // 2})")
+        if not _is_int(self.batch) or self.batch < 1:
+            _fail("batch", self.batch, "an integer >= 1 (tiles per model call)")
+        if not _is_int(self.seed) or self.seed < 0:
+            _fail("seed", self.seed, "an integer >= 0")
+        if self.noise not in NOISE_MODES:
+            _fail("noise", self.noise, " or ".join(repr(m) for m in NOISE_MODES))
+        dev = self.device
+        if not isinstance(dev, str) or not (
+            dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())
+        ):
+            _fail("device", dev, "auto, cpu, cuda, cuda:N or mps")
+        if self.dtype not in DTYPES:
+            _fail("dtype", self.dtype, ", ".join(DTYPES))
+
+    # -- construction -------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict) -> "EngineConfig":
+        """Build from plain data (YAML, JSON, CLI); unknown keys are an error, not ignored."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"engine config must be a mapping of field: value, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}: allowed keys are {', '.join(sorted(known))}")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path_or_preset: str | os.PathLike) -> "EngineConfig":
+        """A YAML file path, or a preset name (`configs/presets/<name>.yaml`)."""
+        path = Path(path_or_preset)
+        if not path.is_file():
+            preset = configs_dir() / "presets" / f"{path_or_preset}.yaml"
+            if not preset.is_file():
+                raise ConfigError(
+                    f"config '{path_or_preset}' is neither a YAML file nor a preset "
+                    f"(presets: {', '.join(preset_names()) or 'none'})"
+                )
+            path = preset
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+        if isinstance(data, dict) and "engine" in data and len(data) == 1:
+            data = data["engine"]  # allow a file that nests the engine section
+        return cls.from_dict(data)
+
+    def replace(self, **overrides: Any) -> "EngineConfig":
+        """A validated copy; None values mean "keep". Setting size clears scale and vice versa."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}: allowed keys are {', '.join(sorted(known))}")
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if "size" in changes and "scale" not in changes:
+            changes["scale"] = None
+        if "scale" in changes and "size" not in changes:
+            changes["size"] = None
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-able data (tuples become lists); `from_dict(to_dict())` round-trips."""
+        out = dataclasses.asdict(self)
+        for key in ("size", "timesteps"):
+            if out[key] is not None:
+                out[key] = list(out[key])
+        return out

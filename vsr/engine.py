@@ -1,0 +1,298 @@
+"""`Upscaler`: frames in, upscaled frames out (METHOD.md sections 1 and 3).
+
+Per batch of same-size frames, top to bottom:
+1. convert to float [0, 1] once, at the edge, and resize to the target (bicubic, antialiased);
+2. inject noise to t_start (`add_noise`), eps drawn per frame by the noise source;
+3. DDIM from t_start to 0, where each step's denoiser runs the model on all tiles of the
+   full frame(s) and blends the predictions with a smooth window before the step;
+4. convert back to the caller's type (numpy, torch, av.VideoFrame, Frame).
+The noise level comes from the model card's PRF curve at the frame's scale unless the
+config says otherwise. Device and dtype are resolved once, on first use.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vsr.config import EngineConfig
+from vsr.errors import ConfigError, InputError
+from vsr.frame import Frame
+from vsr.models import LoadedModel, ModelDenoiser, load_model, resolve_device, resolve_dtype
+from vsr.noise import NoiseSource, make_noise
+from vsr.sampling import sample_ddim
+from vsr.schedule import add_noise, prf_noise_level, timestep_set
+from vsr.tiling import apply_tiled, pad_to_min, plan_tiles
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SCALE = 2.0
+
+
+def resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(N, C, h, w) float [0, 1] -> (N, C, height, width), bicubic with antialiasing, clamped."""
+    if x.shape[-2:] == (height, width):
+        return x
+    return F.interpolate(x, size=(height, width), mode="bicubic", antialias=True, align_corners=False).clamp(0.0, 1.0)
+
+
+class Upscaler:
+    """A loaded model plus an `EngineConfig`; call it on a frame or stream frames through it.
+
+    Build with `Upscaler.from_pretrained(model, config=..., **overrides)`; derive variants
+    sharing the weights with `with_config(...)`. Pickling keeps the config and the model's
+    name/location (the weights reload lazily), or the weights themselves for a model
+    that was built in memory.
+    """
+
+    def __init__(self, model: LoadedModel | None, config: EngineConfig, *, noise: NoiseSource | None = None):
+        self.config = config
+        self._model = model
+        self._reloadable = False  # True when the weights can be reloaded from config.model
+        self._noise = noise if noise is not None else make_noise(config.noise, config.seed)
+        self._runtime: tuple[torch.device, torch.dtype, ModelDenoiser] | None = None
+        if model is not None:
+            self._check_tile(model)
+
+    # -- construction ----------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls, model: str | os.PathLike | None = None, config: EngineConfig | None = None, **overrides: Any
+    ) -> "Upscaler":
+        """Load `model` (None: config.model, else the shipped prior) with config + overrides."""
+        config = config or EngineConfig()
+        if model is not None:
+            overrides["model"] = str(model)
+        config = config.replace(**overrides)
+        up = cls(load_model(config.model), config)
+        up._reloadable = True
+        return up
+
+    def with_config(self, **overrides: Any) -> "Upscaler":
+        """Same weights, new config (e.g. another output size); a new model reloads."""
+        config = self.config.replace(**overrides)
+        if config.model != self.config.model:
+            return Upscaler.from_pretrained(config=config)
+        new = Upscaler(self._model, config)
+        new._reloadable = self._reloadable
+        if self._runtime is not None and (config.device, config.dtype) == (self.config.device, self.config.dtype):
+            new._runtime = self._runtime
+        if (config.noise, config.seed) == (self.config.noise, self.config.seed):
+            new._noise = self._noise
+        return new
+
+    def __getstate__(self) -> dict:
+        state = {"config": self.config, "noise": self._noise, "reloadable": self._reloadable}
+        state["model"] = None if self._reloadable else self._model
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.config = state["config"]
+        self._model = state["model"]
+        self._reloadable = state["reloadable"]
+        self._noise = state["noise"]
+        self._runtime = None
+
+    # -- resolved pieces -------------------------------------------------------------
+    @property
+    def model(self) -> LoadedModel:
+        if self._model is None:
+            self._model = load_model(self.config.model)
+            self._check_tile(self._model)
+        return self._model
+
+    @property
+    def tile(self) -> int:
+        return self.config.tile or self.model.card.crop
+
+    def _check_tile(self, model: LoadedModel) -> None:
+        tile = self.config.tile or model.card.crop
+        if tile % model.down_factor:
+            raise ConfigError(
+                f"config field 'tile' = {tile} is invalid: expected a multiple of {model.down_factor} "
+                f"(the model's downsampling factor)"
+            )
+        if 2 * self.config.overlap > tile:
+            log.info("overlap %d capped at half the tile (%d)", self.config.overlap, tile // 2)
+
+    @property
+    def overlap(self) -> int:
+        """config.overlap, capped at half the tile (a small-crop model with the default 32)."""
+        return min(self.config.overlap, self.tile // 2)
+
+    def denoiser(self) -> ModelDenoiser:
+        """The model on the resolved device/dtype (resolved once, on first use)."""
+        if self._runtime is None:
+            device = resolve_device(self.config.device)
+            dtype = resolve_dtype(self.config.dtype, device)
+            self._runtime = (device, dtype, self.model.make_denoiser(device, dtype))
+            log.info("engine on %s, %s", device, dtype)
+        return self._runtime[2]
+
+    @property
+    def device(self) -> torch.device:
+        return self.denoiser().device
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(out_h, out_w) for an input of height x width: config.size, else round(scale * dims)."""
+        if self.config.size is not None:
+            return int(self.config.size[1]), int(self.config.size[0])
+        s = self.config.scale if self.config.scale is not None else DEFAULT_SCALE
+        return max(1, round(height * s)), max(1, round(width * s))
+
+    def timesteps_for(self, scale: float) -> tuple[int, ...]:
+        """The DDIM timestep set for an upscaling factor (explicit, or from the noise level)."""
+        T = self.model.num_train_timesteps
+        if self.config.timesteps is not None:
+            if self.config.timesteps[0] >= T:
+                raise ConfigError(
+                    f"config field 'timesteps' = {list(self.config.timesteps)} is invalid: "
+                    f"expected values below the model's T = {T}"
+                )
+            return self.config.timesteps
+        level = self.config.noise_level
+        if level == "auto":
+            card = self.model.card
+            level = prf_noise_level(scale, card.prf_scales, card.prf_t)
+        return timestep_set(float(level), self.config.steps, T)
+
+    # -- the maths on tensors -----------------------------------------------------
+    @torch.inference_mode()
+    def upscale_tensor(self, x: torch.Tensor, indices: list[int] | None = None, callback=None) -> torch.Tensor:
+        """(N, 3, h, w) float [0, 1] -> (N, 3, H, W) float32 [0, 1] on the engine's device.
+
+        indices: each frame's index for the noise source (default 0..N-1).
+        """
+        den = self.denoiser()
+        ac = self.model.alphas_cumprod
+        n, _, h, w = x.shape
+        H, W = self.output_size(h, w)
+        indices = list(range(n)) if indices is None else list(indices)
+        ts = self.timesteps_for(math.sqrt((H / h) * (W / w)))
+        # 1. resize to the target, in [-1, 1]
+        x0_hat = resize(x.to(den.device, torch.float32), H, W) * 2.0 - 1.0
+        # 2. inject noise to t_start
+        eps = torch.stack([self._noise(i, H, W) for i in indices]).to(den.device)
+        x_t = add_noise(x0_hat, eps, ts[0], ac)
+        # 3. DDIM on the full frame(s); every step blends the tiles' predictions
+        tile, overlap, batch = self.tile, self.overlap, self.config.batch
+        x_t, (h0, w0) = pad_to_min(x_t, tile, tile)
+
+        def tiled(xt: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+            x0, e = apply_tiled(lambda crops: den(crops, t), xt, tile, overlap, batch)
+            return x0, e
+
+        out = sample_ddim(tiled, x_t, ts, ac, callback=callback)
+        return ((out[..., :h0, :w0] + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def tiles_per_frame(self, height: int, width: int) -> int:
+        """How many model tiles one output frame of height x width needs (per step)."""
+        t = self.tile
+        return len(plan_tiles(max(height, t), max(width, t), t, self.overlap))
+
+    # -- frames of every type ----------------------------------------------------------
+    def __call__(self, frame: Any) -> Any:
+        """Upscale one frame, returned as the same type.
+
+        numpy HxWx3 uint8/uint16 RGB; torch CHW or NCHW, uint8 or float in [0, 1], any
+        device; av.VideoFrame (pts and time_base kept); vsr.frame.Frame.
+        """
+        if isinstance(frame, torch.Tensor):
+            return self._call_tensor(frame)
+        if isinstance(frame, Frame):
+            return frame.with_image(self._call_numpy(frame.image, frame.index))
+        if isinstance(frame, np.ndarray):
+            return self._call_numpy(frame, 0)
+        if hasattr(frame, "to_ndarray") and hasattr(frame, "pts"):
+            return self._call_av(frame)
+        raise InputError(
+            f"cannot upscale a {type(frame).__name__}: pass a numpy HxWx3 array, a torch tensor, "
+            "an av.VideoFrame or a vsr Frame"
+        )
+
+    def _call_numpy(self, image: np.ndarray, index: int) -> np.ndarray:
+        return self._upscale_arrays([image], [index])[0]
+
+    def _upscale_arrays(self, images: list[np.ndarray], indices: list[int], callback=None) -> list[np.ndarray]:
+        """Same-size, same-dtype HxWx3 uint8/uint16 arrays -> upscaled arrays of that dtype."""
+        img = images[0]
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype not in (np.uint8, np.uint16):
+            raise InputError(f"expected an HxWx3 uint8 or uint16 RGB array, got shape {img.shape} {img.dtype}")
+        peak = 255.0 if img.dtype == np.uint8 else 65535.0
+        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / peak
+        y = self.upscale_tensor(x, indices, callback)
+        y = (y * peak).round_().clamp_(0, peak).permute(0, 2, 3, 1).cpu().numpy().astype(img.dtype)
+        return list(y)
+
+    def _call_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        if t.ndim not in (3, 4) or t.shape[-3] != 3:
+            raise InputError(f"expected a CHW or NCHW tensor with 3 channels, got shape {tuple(t.shape)}")
+        x = t[None] if t.ndim == 3 else t
+        if x.dtype == torch.uint8:
+            xf = x.float() / 255.0
+        elif x.is_floating_point():
+            xf = x.float()
+        else:
+            raise InputError(f"expected a uint8 or float tensor, got {x.dtype}")
+        y = self.upscale_tensor(xf).to(t.device)
+        y = (y * 255.0).round().clamp(0, 255).to(torch.uint8) if t.dtype == torch.uint8 else y.to(t.dtype)
+        return y[0] if t.ndim == 3 else y
+
+    def _call_av(self, frame: Any) -> Any:
+        deep = any(b in frame.format.name for b in ("10", "12", "16", "48", "64"))
+        fmt = "rgb48le" if deep else "rgb24"
+        out_img = self._call_numpy(frame.to_ndarray(format=fmt), getattr(frame, "index", 0) or 0)
+        out = type(frame).from_ndarray(out_img, format=fmt)
+        out.pts = frame.pts
+        out.time_base = frame.time_base
+        return out
+
+    # -- streams ---------------------------------------------------------------------
+    def stream(
+        self, frames: Iterable[Frame | np.ndarray], *, callback: Callable[[dict], None] | None = None
+    ) -> Iterator[Frame | np.ndarray]:
+        """Upscale a stream lazily: same order and count, Frame timing kept.
+
+        Consecutive frames of one size are grouped so that a group's tiles fill about
+        one model batch; at most one group is held, so memory is bounded by the batch,
+        not the frame count. callback gets {"frames_done", "index", "seconds"} per group.
+        """
+        group: list[Frame | np.ndarray] = []
+        key: tuple | None = None
+        per_group = 1
+        done = 0
+        t0 = time.perf_counter()
+
+        def flush() -> Iterator[Frame | np.ndarray]:
+            nonlocal done
+            images = [f.image if isinstance(f, Frame) else f for f in group]
+            indices = [f.index if isinstance(f, Frame) else done + k for k, f in enumerate(group)]
+            outs = self._upscale_arrays(images, indices)
+            for f, img in zip(group, outs):
+                done += 1
+                yield f.with_image(img) if isinstance(f, Frame) else img
+            if callback is not None:
+                callback({"frames_done": done, "index": indices[-1], "seconds": time.perf_counter() - t0})
+
+        for f in frames:
+            img = f.image if isinstance(f, Frame) else f
+            if not isinstance(img, np.ndarray):
+                raise InputError(f"stream() takes vsr Frames or numpy arrays, got {type(f).__name__}")
+            k = (img.shape, img.dtype)
+            if group and (k != key or len(group) >= per_group):
+                yield from flush()
+                group = []
+            if not group:
+                key = k
+                H, W = self.output_size(img.shape[0], img.shape[1])
+                per_group = max(1, self.config.batch // self.tiles_per_frame(H, W))
+            group.append(f)
+        if group:
+            yield from flush()
