@@ -123,8 +123,9 @@ def shipped_weights_dir(name: str) -> Path:
 
 
 def shipped_names() -> list[str]:
+    """The default prior plus any other card in configs/models."""
     folder = configs_dir() / "models"
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    return sorted({DEFAULT_MODEL, *(p.stem for p in folder.glob("*.yaml"))} if folder.is_dir() else {DEFAULT_MODEL})
 
 
 def user_models_dir() -> Path | None:
@@ -412,10 +413,12 @@ def add_cli(parser) -> None:
 
 
 def _card_for_info(name: str) -> tuple[ModelCard, str]:
-    if shipped_card_path(name).is_file():
+    if name in shipped_names():
         weights = shipped_weights_dir(name)
         state = "present" if _is_model_folder(weights) else "missing"
-        return ModelCard.from_yaml(shipped_card_path(name), name), f"{weights} (weights {state})"
+        path = shipped_card_path(name)
+        card = ModelCard.from_yaml(path, name) if path.is_file() else ModelCard(name=name)
+        return card, f"{weights} (weights {state}{'' if path.is_file() else ', no card yet: defaults'})"
     kind, location, card_path = resolve_model(name)
     if kind == "hub":
         return ModelCard(name=name.split("/")[-1]), f"hub id {location} (default card)"

@@ -1,0 +1,119 @@
+import json
+import math
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import build_tiny_model_dir
+from vsr import models
+from vsr.cli import main as cli_main
+from vsr.errors import ModelError
+from vsr.models import ModelCard, ModelDenoiser, load_model, resolve_dtype
+
+
+def test_load_a_diffusers_folder_with_its_card(tiny_model_dir):
+    lm = load_model(tiny_model_dir)
+    assert lm.card.crop == 32 and lm.card.prf_t == (0.2, 0.4, 0.55)
+    assert lm.prediction_type == "epsilon" and lm.num_train_timesteps == 1000
+    assert lm.down_factor == 2 and lm.source == str(tiny_model_dir.resolve())
+    assert lm.alphas_cumprod.dtype == torch.float64 and float(lm.alphas_cumprod[-1]) < 1e-3
+    assert next(lm.net.parameters()).dtype == torch.float32
+
+
+def test_folder_without_card_and_root_layout(tmp_path):
+    d = build_tiny_model_dir(tmp_path / "ps2", pixel_unshuffle=2, prediction_type="v_prediction", card=False)
+    lm = load_model(d)
+    assert lm.card.pixel_unshuffle == 2 and lm.card.crop == 256 and lm.card.prf_scales == (2.0, 4.0, 8.0)
+    assert lm.prediction_type == "v_prediction" and lm.down_factor == 4
+    # hub DDPM layout: unet files and scheduler_config.json at the root
+    root = tmp_path / "rootlayout"
+    shutil.copytree(d / "unet", root)
+    shutil.copy(d / "scheduler" / "scheduler_config.json", root / "scheduler_config.json")
+    assert load_model(root).card.pixel_unshuffle == 2
+    den = lm.make_denoiser(torch.device("cpu"), torch.float32)
+    x0, eps = den(torch.rand(2, 3, 16, 24) * 2 - 1, 300)  # unshuffle -> UNet -> shuffle back
+    assert x0.shape == eps.shape == (2, 3, 16, 24) and float(x0.abs().max()) <= 1.0
+
+
+def test_missing_models_are_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "shipped_weights_dir", lambda name: tmp_path / "nowhere" / name)
+    with pytest.raises(ModelError, match="weights of the shipped model 'vsr-prior-s' are missing"):
+        load_model(None)
+    with pytest.raises(ModelError, match="not found"):
+        load_model("no-such-model")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="local folder"):
+        load_model("google/ddpm-cifar10-32")
+    bad = tmp_path / "bad"
+    (bad / "unet").mkdir(parents=True)
+    (bad / "unet" / "config.json").write_text("{}")
+    with pytest.raises(ModelError, match="scheduler"):
+        load_model(bad)
+
+
+def test_card_round_trip_and_validation(tmp_path):
+    card = ModelCard(name="x", crop=64, pixel_unshuffle=4, extra={"notes": "kept"})
+    card.save(tmp_path / "c.yaml")
+    again = ModelCard.from_yaml(tmp_path / "c.yaml")
+    assert again == card and again.extra == {"notes": "kept"}
+    with pytest.raises(ModelError, match="prf"):
+        ModelCard(prf_scales=(2, 4), prf_t=(0.2,))
+    with pytest.raises(ModelError, match="prediction_type"):
+        ModelCard(prediction_type="x0")
+
+
+@pytest.mark.parametrize("ptype", ["epsilon", "v_prediction", "sample"])
+def test_denoiser_parametrisations_recover_x0_and_eps(ptype):
+    ac = torch.linspace(0.999, 0.01, 1000, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(1, 3, 8, 8, generator=g) * 2 - 1
+    eps = torch.randn(1, 3, 8, 8, generator=g)
+    t = 400
+    a = float(ac[t])
+    x_t = math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
+    target = {"epsilon": eps, "v_prediction": math.sqrt(a) * eps - math.sqrt(1 - a) * x0, "sample": x0}[ptype]
+
+    class Oracle(torch.nn.Module):
+        def forward(self, x, tt):
+            assert int(tt[0]) == t
+            return target.to(x.dtype)
+
+    p0, pe = ModelDenoiser(Oracle(), ac, ptype, clip_x0=False)(x_t, t)
+    torch.testing.assert_close(p0, x0, rtol=0, atol=1e-5)
+    torch.testing.assert_close(pe, eps, rtol=0, atol=1e-4)
+
+
+def test_pixel_unshuffle_stem_is_transparent():
+    class Identity(torch.nn.Module):
+        def forward(self, x, t):
+            assert x.shape[1] == 48  # the UNet sees 3 * 4 * 4 channels
+            return x
+
+    den = ModelDenoiser(Identity(), torch.full((10,), 0.5, dtype=torch.float64), "sample", pixel_unshuffle=4)
+    x = torch.rand(1, 3, 16, 32) * 2 - 1
+    torch.testing.assert_close(den(x, 3)[0], x)
+
+
+def test_dtype_resolution():
+    cpu = torch.device("cpu")
+    assert resolve_dtype("float32", cpu) == torch.float32
+    assert resolve_dtype("auto", cpu) == (torch.bfloat16 if models.cpu_supports_bf16() else torch.float32)
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+
+
+def test_models_cli_lists_and_shows_cards(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    user = tmp_path / "user_models"
+    user.mkdir()
+    shutil.copytree(tiny_model_dir, user / "mine")
+    monkeypatch.setenv("VSR_MODELS_DIR", str(user))
+    assert cli_main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "vsr-prior-s" in out and "mine" in out
+    assert cli_main(["models", "info", "mine"]) == 0
+    out = capsys.readouterr().out
+    card = yaml.safe_load(out.split("\n", 1)[1])
+    assert card["crop"] == 32 and card["prf"]["t"] == [0.2, 0.4, 0.55]
+    assert cli_main(["models", "info", "nope-model"]) == 5
+    assert json.loads((tiny_model_dir / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"] == 1000
