@@ -161,12 +161,18 @@ def _write_tone(out: av.container.OutputContainer, stream: av.AudioStream, secon
 
 
 def audio_packets(path: str | Path) -> list[list[tuple[bytes, int | None, int | None]]]:
-    """Per audio/subtitle stream (in stream order): the (payload, pts, dts) of every packet."""
+    """Per audio/subtitle stream (in stream order): the (payload, pts, dts) of every packet.
+
+    Empty mov_text samples (2 zero bytes) are left out: the MP4 muxer writes them to fill
+    the gaps between cues, they are not content.
+    """
     with av.open(str(path)) as c:
         streams = [s for s in c.streams if s.type in ("audio", "subtitle")]
+        if not streams:
+            return []
         result: dict[int, list] = {s.index: [] for s in streams}
         for pkt in c.demux(*streams):
-            if pkt.size:
+            if pkt.size and not (pkt.stream.codec_context.name == "mov_text" and bytes(pkt) == b"\0\0"):
                 result[pkt.stream.index].append((bytes(pkt), pkt.pts, pkt.dts))
         return [result[s.index] for s in streams]
 

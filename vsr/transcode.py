@@ -1,0 +1,679 @@
+"""`vsr upscale IN OUT`: upscale a whole video file, streaming, resumable, everything kept.
+
+Data flow (three threads, bounded queues, so memory does not grow with the video):
+
+    decode thread --q_in--> engine (this thread) --q_out--> encode thread
+    video.decode()          Upscaler.stream()              video.SegmentWriter
+
+The encode thread cuts the output into *segments* of `segment_frames` frames, each
+encoded by a fresh encoder (so each starts with a keyframe) into a temporary folder
+beside OUT (`.OUT.vsr-tmp/`). A finished segment is fsync'ed and then recorded in the
+folder's journal (JSON lines: index, first frame, frame count, sha256), so after Ctrl-C,
+kill -9 or a power cut `--resume` continues from the last finished segment. Because
+the engine's output for a frame depends only on that frame, its index and the seed
+(see `vsr.noise`), the resumed file equals an uninterrupted run's. When every segment
+is done, `video.assemble` writes the final container (the segments' video plus the
+source's other streams copied packet for packet) inside the temporary folder, and it is
+renamed onto OUT in one step: OUT is never half-written.
+
+`upscale_video(src, dst, ...)` is the library call (what a distributed runner calls per
+chunk); `add_cli`/`run_cli` are the thin command-line layer that draws progress.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vsr import video
+from vsr.errors import EXIT_OK, CodecError, InputError, OutputError, UsageError
+from vsr.frame import Frame
+from vsr.targets import PRESETS, Plan, parse_size, plan_output
+
+log = logging.getLogger(__name__)
+
+JOURNAL = "journal.jsonl"
+JOURNAL_VERSION = 1
+SEGMENT_SECONDS = 4.0  # default segment length: a resume redoes at most this much video
+QUEUE_SIZE = 4  # frames waiting between two stages (each stage holds its own batch too)
+
+Progress = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class Result:
+    """What `upscale_video` did. frames: frames in OUT; resumed_frames: of those, how many
+    came from an interrupted run's segments; fps: frames this run upscaled per second."""
+
+    output: Path
+    frames: int
+    resumed_frames: int
+    seconds: float
+    fps: float
+    size: tuple[int, int]
+    dropped_streams: tuple[str, ...] = ()
+
+
+# ------------------------------------------------------------------------ safe files
+def temp_dir_for(dst: Path) -> Path:
+    """The work folder of a job writing `dst`: beside it, hidden, so the rename is atomic."""
+    return dst.parent / f".{dst.name}.vsr-tmp"
+
+
+def _check_output(src: Path, dst: Path, overwrite: bool) -> None:
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise OutputError(f"OUT is the input file {dst}: pick another name")
+    parent = dst.parent
+    if not parent.is_dir():
+        raise OutputError(f"output folder {parent} does not exist: create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {parent} is not writable")
+    if dst.is_dir():
+        raise OutputError(f"OUT {dst} is a folder: give a file name such as {dst / 'out.mp4'}")
+    if dst.exists() and not overwrite:
+        raise OutputError(f"{dst} exists: add --overwrite to replace it")
+
+
+def _source_fingerprint(src: Path) -> dict:
+    """Size plus sha256 of the first and last MiB: cheap, and catches a replaced input."""
+    size = src.stat().st_size
+    h = hashlib.sha256()
+    with open(src, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            h.update(f.read(1 << 20))
+    return {"name": src.name, "size": size, "sha256_ends": h.hexdigest()}
+
+
+def _fsync_append(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _segment_name(k: int) -> str:
+    return f"segment-{k:05d}.vsrseg"
+
+
+@dataclass
+class _Journal:
+    """The state of a job's temporary folder: which segments are done, and whether all are."""
+
+    folder: Path
+    segments: list[dict]
+    done: bool
+
+    @property
+    def frames(self) -> int:
+        return sum(s["frames"] for s in self.segments)
+
+
+def _diff(a: Any, b: Any, path: str = "") -> str | None:
+    """The first key where two JSON-like values differ, as 'key: old != new'."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            d = _diff(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+            if d:
+                return d
+        return None
+    return None if a == b else f"{path}: {a!r} != {b!r}"
+
+
+def _open_journal(folder: Path, header: dict, *, resume: bool, overwrite: bool) -> _Journal:
+    """Start a fresh journal, or (with resume) load and verify the interrupted one."""
+    journal = folder / JOURNAL
+    if folder.exists() and not resume:
+        if not overwrite:
+            raise OutputError(
+                f"an interrupted run of this job is in {folder}: add --resume to continue it or --overwrite to start over"
+            )
+        shutil.rmtree(folder)
+    if resume and journal.exists():
+        lines = [json.loads(line) for line in journal.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not lines or lines[0].get("header") != header:
+            old = lines[0].get("header", {}) if lines else {}
+            raise UsageError(
+                f"--resume: these options differ from the interrupted run's ({_diff(old, header)}); "
+                "use the same options, or --overwrite to start over"
+            )
+        segments: list[dict] = []
+        done = False
+        for rec in lines[1:]:
+            if "segment" in rec:
+                path = folder / rec["file"]
+                if rec["segment"] != len(segments) or not path.exists() or video.file_sha256(path) != rec["sha256"]:
+                    log.warning("segment %s is missing or damaged; redoing it and what follows", rec["segment"])
+                    break
+                segments.append(rec)
+            elif rec.get("done") and rec.get("segments") == len(segments):
+                done = True
+        # rewrite the journal with only what was verified (atomically)
+        tmp = folder / (JOURNAL + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for rec in [{"header": header}, *segments] + ([{"done": True, "segments": len(segments)}] if done else []):
+                f.write(json.dumps(rec, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, journal)
+        log.debug("journal: %d finished segments (%d frames)", len(segments), sum(s["frames"] for s in segments))
+        return _Journal(folder, segments, done)
+    if resume:
+        log.info("--resume: no interrupted run found in %s; starting from the beginning", folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    try:
+        folder.mkdir()
+    except OSError as exc:
+        raise OutputError(f"cannot create {folder}: {exc.strerror}") from exc
+    _fsync_append(journal, {"header": header})
+    return _Journal(folder, [], False)
+
+
+# ------------------------------------------------------------------------ the threads
+class _End:
+    """End-of-stream marker on a queue."""
+
+
+class _Failed:
+    """An exception travelling from a worker thread to the main one."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    """Blocking put that gives up (False) once `stop` is set."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _pad(image: np.ndarray, pad: tuple[int, int, int, int]) -> np.ndarray:
+    left, top, right, bottom = pad
+    if not any(pad):
+        return image
+    return np.pad(image, ((top, bottom), (left, right), (0, 0)))
+
+
+def _crop(frame: Frame, crop: tuple[int, int, int, int]) -> Frame:
+    x, y, w, h = crop
+    if (x, y, w, h) == (0, 0, frame.width, frame.height):
+        return frame
+    return frame.with_image(np.ascontiguousarray(frame.image[y : y + h, x : x + w]))
+
+
+def _run_pipeline(
+    src: Path,
+    info: video.VideoInfo,
+    plan: Plan,
+    upscaler: Any,
+    fmt: video.StreamFormat,
+    state: _Journal,
+    segment_frames: int,
+    progress: Progress | None,
+    total: int | None,
+) -> int:
+    """Decode -> upscale -> encode from the first unfinished segment; return frames done."""
+    stop = threading.Event()
+    q_in: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
+    q_out: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
+    encode_error: list[BaseException] = []
+    start = state.frames
+    first_segment = len(state.segments)
+
+    def decode_worker() -> None:
+        try:
+            for f in video.decode(src, info):
+                if f.index < start:
+                    continue
+                if not _put(q_in, _crop(f, plan.crop), stop):
+                    return
+            _put(q_in, _End(), stop)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            _put(q_in, _Failed(exc), stop)
+
+    def encode_worker() -> None:
+        writer: video.SegmentWriter | None = None
+        k, first, count = first_segment, start, start
+        try:
+            while True:
+                try:
+                    item = q_out.get(timeout=0.1)
+                except queue.Empty:
+                    if stop.is_set():
+                        break
+                    continue
+                if isinstance(item, _End):
+                    if writer is not None:
+                        _finish(writer, k, first)
+                        k += 1
+                    _fsync_append(state.folder / JOURNAL, {"done": True, "segments": k, "frames": count})
+                    return
+                if writer is None:
+                    writer = video.SegmentWriter(state.folder / _segment_name(k), fmt)
+                    first = item.index
+                writer.write(item)
+                count += 1
+                if writer.frames >= segment_frames:
+                    _finish(writer, k, first)
+                    writer, k = None, k + 1
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            encode_error.append(exc)
+            stop.set()
+        finally:
+            if writer is not None and stop.is_set():
+                writer.abort()
+
+    def _finish(writer: video.SegmentWriter, k: int, first: int) -> None:
+        digest = writer.close()
+        rec = {"segment": k, "first": first, "frames": writer.frames, "file": writer.path.name, "sha256": digest}
+        _fsync_append(state.folder / JOURNAL, rec)
+        log.debug("segment %d done: frames %d..%d", k, first, first + writer.frames - 1)
+
+    def frames_in() -> Iterator[Frame]:
+        while True:
+            try:
+                item = q_in.get(timeout=0.1)
+            except queue.Empty:
+                if encode_error:
+                    raise encode_error[0]
+                continue
+            if isinstance(item, _End):
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            yield item
+
+    decoder = threading.Thread(target=decode_worker, name="vsr-decode", daemon=True)
+    encoder = threading.Thread(target=encode_worker, name="vsr-encode", daemon=True)
+    decoder.start()
+    encoder.start()
+    done, t0 = start, time.perf_counter()
+    try:
+        for out in upscaler.stream(frames_in()):
+            out = out.with_image(_pad(out.image, plan.pad))
+            if not _put(q_out, out, stop):
+                break
+            done += 1
+            if progress is not None:
+                elapsed = time.perf_counter() - t0
+                fps = (done - start) / elapsed if elapsed > 0 else 0.0
+                eta = (total - done) / fps if total and fps > 0 and total >= done else None
+                progress({"frames_done": done, "total": total, "fps": fps, "eta_s": eta, "elapsed_s": elapsed})
+        if not stop.is_set():
+            _put(q_out, _End(), stop)
+        while encoder.is_alive():
+            encoder.join(timeout=0.1)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        stop.set()
+        encoder.join(timeout=30)
+        decoder.join(timeout=5)
+    if encode_error:
+        raise encode_error[0]
+    return done
+
+
+# ------------------------------------------------------------------------ library call
+def build_upscaler(model: str | None = None, config: Any = None) -> Any:
+    """The engine's `Upscaler` for `model` and an `EngineConfig` (or dict, or None)."""
+    from vsr.config import EngineConfig
+    from vsr.engine import Upscaler
+
+    if isinstance(config, dict):
+        config = EngineConfig.from_dict(config)
+    return Upscaler.from_pretrained(model, config=config or EngineConfig())
+
+
+def encoder_settings(
+    info: video.VideoInfo,
+    *,
+    codec: str = "libx264",
+    crf: float | None = None,
+    preset: str | None = None,
+    pix_fmt: str | None = None,
+    ten_bit: bool = False,
+    encoder_options: dict[str, str] | None = None,
+) -> video.EncoderSettings:
+    """Defaults: crf 18; preset medium for x264/x265; yuv420p, or the codec's 10-bit 4:2:0
+    format when asked (`--10bit`) or when the input has more than 8 bits."""
+    video.check_codec(codec)
+    if pix_fmt is None:
+        pix_fmt = video.ten_bit_format(codec) if (ten_bit or info.bit_depth > 8) else "yuv420p"
+    if preset is None and codec in ("libx264", "libx265"):
+        preset = "medium"
+    settings = video.EncoderSettings(
+        codec=codec,
+        crf=18 if crf is None else crf,
+        preset=preset,
+        pix_fmt=pix_fmt,
+        options=tuple(sorted((encoder_options or {}).items())),
+    )
+    video.check_encoder(settings)
+    return settings
+
+
+def _engine_record(upscaler: Any) -> Any:
+    cfg = getattr(upscaler, "config", None)
+    if cfg is None:
+        return type(upscaler).__name__
+    if hasattr(cfg, "to_dict"):
+        return cfg.to_dict()
+    if dataclasses.is_dataclass(cfg):
+        return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    return repr(cfg)
+
+
+def upscale_video(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    upscaler: Any = None,
+    model: str | None = None,
+    config: Any = None,
+    target: str | None = None,
+    size: tuple[int, int] | str | None = None,
+    fit: str = "pad",
+    scale: float | None = None,
+    codec: str = "libx264",
+    crf: float | None = None,
+    preset: str | None = None,
+    pix_fmt: str | None = None,
+    ten_bit: bool = False,
+    encoder_options: dict[str, str] | None = None,
+    segment_frames: int | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> Result:
+    """Upscale `src` into `dst` (container from its extension); see the module doc.
+
+    upscaler: an engine `Upscaler` (or anything with `.stream(frames)` and
+    `.with_config(size=(w, h))`); None builds one from `model` and `config` (an
+    `EngineConfig`, a dict, or None for the defaults). target/size/fit/scale: see
+    `vsr.targets.plan_output` (default 2x). progress: called from this thread after each
+    frame with {"frames_done", "total" (an estimate, may be None), "fps", "eta_s",
+    "elapsed_s"}. Raises `vsr.errors.VsrError` subclasses for everything a user can fix.
+    """
+    t0 = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    info = video.probe(src)
+    if isinstance(size, str):
+        size = parse_size(size)
+    width, height = info.upright_size
+    plan = plan_output(width, height, sar=info.upright_sar, target=target, size=size, scale=scale, fit=fit)  # type: ignore[arg-type]
+    settings = encoder_settings(
+        info, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, ten_bit=ten_bit, encoder_options=encoder_options
+    )
+    _check_output(src, dst, overwrite)
+    fmt = video.StreamFormat(
+        settings=settings,
+        width=plan.out[0],
+        height=plan.out[1],
+        time_base=info.time_base,
+        rate=info.rate,
+        colour=info.colour,
+        hdr=info.hdr,
+        global_header=video.needs_global_header(dst),
+    )
+    video.check_encoder_opens(fmt)
+    if segment_frames is None:
+        segment_frames = max(1, round(SEGMENT_SECONDS * float(info.rate))) if info.rate else 100
+    if segment_frames < 1:
+        raise UsageError(f"--segment-frames must be at least 1, got {segment_frames}")
+
+    up = upscaler if upscaler is not None else build_upscaler(model, config)
+    up = up.with_config(size=plan.scaled)
+    header = {
+        "version": JOURNAL_VERSION,
+        "source": _source_fingerprint(src),
+        "plan": dataclasses.asdict(plan),
+        "encoder": dataclasses.asdict(settings),
+        "engine": _engine_record(up),
+        "segment_frames": segment_frames,
+        "output": dst.name,
+    }
+    header = json.loads(json.dumps(header, default=str))  # tuples -> lists, as read back
+    folder = temp_dir_for(dst)
+    state = _open_journal(folder, header, resume=resume, overwrite=overwrite)
+    resumed = state.frames
+    frames = resumed
+    if not state.done:
+        frames = _run_pipeline(src, info, plan, up, fmt, state, segment_frames, progress, info.frames)
+        state = _open_journal(folder, header, resume=True, overwrite=False)
+        if not state.done:
+            raise OutputError(f"the job stopped before its end; rerun with --resume (work is kept in {folder})")
+    if state.frames == 0:
+        raise InputError(f"{src} has no decodable video frames")
+    segments = [folder / s["file"] for s in state.segments]
+    staged = folder / dst.name
+    dropped = video.assemble(src, info, segments, staged, fmt)
+    try:
+        os.replace(staged, dst)
+        dir_fd = os.open(dst.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise OutputError(f"cannot move the finished file onto {dst}: {exc.strerror}") from exc
+    shutil.rmtree(folder, ignore_errors=True)
+    seconds = time.perf_counter() - t0
+    new = state.frames - resumed
+    return Result(
+        output=dst,
+        frames=state.frames,
+        resumed_frames=resumed,
+        seconds=seconds,
+        fps=new / seconds if seconds > 0 else 0.0,
+        size=plan.out,
+        dropped_streams=tuple(dropped),
+    )
+
+
+def preview(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    count: int,
+    *,
+    upscaler: Any = None,
+    model: str | None = None,
+    config: Any = None,
+    target: str | None = None,
+    size: tuple[int, int] | str | None = None,
+    fit: str = "pad",
+    scale: float | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write `count` frames, evenly spread over the video, as side-by-side PNGs beside
+    `dst` (`<stem>.preview-NN.png`): left the input resized bicubically to the output
+    size, right vsr's output. 10-bit sources give 16-bit PNGs."""
+    import cv2
+
+    if count < 1:
+        raise UsageError(f"--preview needs at least 1 frame, got {count}")
+    src, dst = Path(src), Path(dst)
+    info = video.probe(src)
+    if isinstance(size, str):
+        size = parse_size(size)
+    plan = plan_output(*info.upright_size, sar=info.upright_sar, target=target, size=size, scale=scale, fit=fit)  # type: ignore[arg-type]
+    if not dst.parent.is_dir() or not os.access(dst.parent, os.W_OK):
+        raise OutputError(f"output folder {dst.parent} does not exist or is not writable")
+    paths = [dst.with_name(f"{dst.stem}.preview-{k:02d}.png") for k in range(count)]
+    for p in paths:
+        if p.exists() and not overwrite:
+            raise OutputError(f"{p} exists: add --overwrite to replace it")
+    n = info.frames or count
+    wanted = sorted({int(round(x)) for x in np.linspace(0, max(n - 1, 0), count)})
+    picked: list[Frame] = []
+    for f in video.decode(src, info):
+        if f.index in wanted:
+            picked.append(_crop(f, plan.crop))
+        if len(picked) == len(wanted):
+            break
+    up = upscaler if upscaler is not None else build_upscaler(model, config)
+    up = up.with_config(size=plan.scaled)
+    written = []
+    for f, out, path in zip(picked, up.stream(picked), paths):
+        left = cv2.resize(f.image, plan.scaled, interpolation=cv2.INTER_CUBIC)
+        pair = np.concatenate([_pad(left, plan.pad), _pad(out.image, plan.pad)], axis=1)
+        if not cv2.imwrite(str(path), np.ascontiguousarray(pair[..., ::-1])):
+            raise OutputError(f"cannot write {path}")
+        written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------------ command line
+def _key_value(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def _noise_level(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or 'auto', got {text!r}") from None
+
+
+def add_cli(parser: argparse.ArgumentParser) -> None:
+    """Declare `vsr upscale`'s arguments (docs/cli.md is the reference)."""
+    parser.add_argument("input", metavar="IN", help="input video (any file FFmpeg reads); opened read-only")
+    parser.add_argument("output", metavar="OUT", help="output video; the container follows the extension (.mp4, .mkv, .mov)")
+    g = parser.add_argument_group("size (one of; default --scale 2)")
+    g.add_argument("--target", help=f"output height preset, aspect kept: {', '.join(PRESETS)}")
+    g.add_argument("--size", metavar="WxH", help="exact output size, see --fit")
+    g.add_argument("--fit", choices=("pad", "crop", "stretch"), default="pad", help="how --size treats another aspect ratio (default pad)")
+    g.add_argument("--scale", type=float, help="scale factor, e.g. 2 or 2.7")
+    g = parser.add_argument_group("encoder")
+    g.add_argument("--codec", default="libx264", help="video encoder: libx264 (default), libx265, libsvtav1, libvpx-vp9, ...")
+    g.add_argument("--crf", type=float, help="constant quality (default 18; lower = better and bigger)")
+    g.add_argument("--preset", help="encoder speed preset (default medium for x264/x265)")
+    g.add_argument("--pix-fmt", help="output pixel format (default yuv420p, or 10-bit for 10-bit input)")
+    g.add_argument("--10bit", dest="ten_bit", action="store_true", help="encode 10-bit (yuv420p10le)")
+    g.add_argument("--encoder-opt", metavar="KEY=VALUE", type=_key_value, action="append", default=[],
+                   help="extra encoder option, repeatable (e.g. x264-params=aq-mode=3)")
+    g = parser.add_argument_group("model and quality (override --config)")
+    g.add_argument("--config", metavar="FILE", help="engine config YAML, or a preset name from configs/presets/")
+    g.add_argument("--model", help="model folder or hub id (default: the shipped prior)")
+    g.add_argument("--steps", type=int, help="DDIM steps after noise injection (1..50)")
+    g.add_argument("--noise-level", type=_noise_level, help="t/T in (0, 1), or auto (the model's PRF curve)")
+    g.add_argument("--tile", type=int, help="tile size in pixels (default: the model's crop)")
+    g.add_argument("--overlap", type=int, help="tile overlap in pixels")
+    g.add_argument("--batch", type=int, help="tiles per model call (memory)")
+    g.add_argument("--seed", type=int, help="noise seed")
+    g.add_argument("--noise", choices=("shared", "fresh"), help="noise shared by all frames (steady) or fresh per frame")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
+    g.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"))
+    g = parser.add_argument_group("job")
+    g.add_argument("--preview", type=int, metavar="N", help="write N side-by-side PNGs beside OUT and exit")
+    g.add_argument("--overwrite", action="store_true", help="replace OUT (and an interrupted run's work) if present")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
+    g.add_argument("--segment-frames", type=int, help="frames per resumable segment (default: 4 s of video)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    g.add_argument("--progress", choices=("bar", "json"), default="bar", help="progress as a bar (stderr) or JSON lines (stdout)")
+
+
+def engine_config_from_args(args: argparse.Namespace) -> Any:
+    """EngineConfig from --config plus the command-line overrides (validated there)."""
+    from vsr.config import EngineConfig
+
+    base = EngineConfig.from_yaml(args.config) if args.config else EngineConfig()
+    overrides = {
+        "steps": args.steps,
+        "noise_level": args.noise_level,
+        "tile": args.tile,
+        "overlap": args.overlap,
+        "batch": args.batch,
+        "seed": args.seed,
+        "noise": args.noise,
+        "device": args.device,
+        "dtype": args.dtype,
+    }
+    return base.replace(**overrides)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """`vsr upscale`: parse, run with a progress bar or JSON lines, print one summary line."""
+    config = engine_config_from_args(args)
+    common = dict(model=args.model, config=config, target=args.target, size=args.size, fit=args.fit, scale=args.scale)
+    if args.preview is not None:
+        paths = preview(args.input, args.output, args.preview, overwrite=args.overwrite, **common)
+        if not args.quiet:
+            print(f"wrote {len(paths)} previews: {', '.join(str(p) for p in paths)}")
+        return EXIT_OK
+
+    bar = None
+    progress: Progress | None = None
+    if args.progress == "json":
+        def progress(d: dict) -> None:
+            print(json.dumps({"event": "progress", **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in d.items()}}), flush=True)
+    elif not args.quiet:
+        from tqdm import tqdm
+
+        def progress(d: dict) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = tqdm(total=d["total"], initial=d["frames_done"] - 1, unit="frame", dynamic_ncols=True, file=sys.stderr)
+            bar.update(d["frames_done"] - bar.n)
+
+    old = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() else None
+    try:
+        result = upscale_video(
+            args.input,
+            args.output,
+            codec=args.codec,
+            crf=args.crf,
+            preset=args.preset,
+            pix_fmt=args.pix_fmt,
+            ten_bit=args.ten_bit,
+            encoder_options=dict(args.encoder_opt),
+            segment_frames=args.segment_frames,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            progress=progress,
+            **common,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+    if args.progress == "json":
+        print(json.dumps({"event": "done", "output": str(result.output), "frames": result.frames,
+                          "size": list(result.size), "seconds": round(result.seconds, 3), "fps": round(result.fps, 3)}), flush=True)
+    elif not args.quiet:
+        w, h = result.size
+        print(f"wrote {result.output}: {result.frames} frames, {w}x{h}, {result.seconds:.1f} s ({result.fps:.2f} frames/s)")
+    return EXIT_OK
