@@ -1,0 +1,241 @@
+"""PRF calibration (`vsr calibrate`): measure t*(scale) for a model, as in METHOD.md 1.
+
+For each scale s and noise level t/T on a grid, HR crops are downscaled by s, upscaled
+back by the engine with noise injected at t, and compared with the truth:
+- signature loss L_S(t): MSE of the output low-passed (downscaled by s) against the
+  truth low-passed the same way; the content drifting away raises it with t;
+- fidelity loss L_F(t): |E_out - E_true| / E_true, E the mean energy of the band above
+  the LR Nyquist (image minus its down-up-sampled self); missing detail makes it large at
+  small t, and it falls as the model restores detail.
+w makes both terms the same magnitude (ratio of their means over all measurements); the
+PRF is where L_S <= C_S and w*L_F <= C_F (thresholds: medians over all scales, so hard
+scales can have no field, as 8x in the paper), and t* = argmin L_S + w*L_F inside it
+(over the whole grid when there is none). The curve is made non-decreasing in s before
+it is written to the model card.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vsr.config import EngineConfig
+from vsr.errors import InputError, UsageError
+from vsr.models import DEFAULT_MODEL, resolve_model, shipped_card_path
+from vsr.engine import Upscaler, resize
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_GRID = tuple(round(0.05 * i, 2) for i in range(1, 15))  # 0.05 .. 0.70
+
+
+# -- pure maths -------------------------------------------------------------------
+def _down_up(x: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C, H, W) [0, 1] -> (x downscaled by scale, that upscaled back to H x W)."""
+    h, w = x.shape[-2:]
+    small = resize(x, max(1, round(h / scale)), max(1, round(w / scale)))
+    return small, resize(small, h, w)
+
+
+def signature_loss(out: torch.Tensor, truth: torch.Tensor, scale: float) -> float:
+    """MSE between out and truth after both are low-passed (downscaled by scale); [0, 1] images."""
+    return float(((_down_up(out, scale)[0] - _down_up(truth, scale)[0]) ** 2).mean())
+
+
+def fidelity_loss(out: torch.Tensor, truth: torch.Tensor, scale: float) -> float:
+    """Relative distance of the high band's energy (above the LR Nyquist) from the truth's."""
+    e_out = float(((out - _down_up(out, scale)[1]) ** 2).mean())
+    e_true = float(((truth - _down_up(truth, scale)[1]) ** 2).mean())
+    return abs(e_out - e_true) / max(e_true, 1e-12)
+
+
+@dataclass(frozen=True)
+class ScaleResult:
+    scale: float
+    grid: tuple[float, ...]
+    sig: tuple[float, ...]
+    fid: tuple[float, ...]
+    t_star: float = 0.0
+    field: tuple[float, float] | None = None  # (lowest, highest) t/T in the PRF; None: empty
+
+
+def find_prf(res: ScaleResult, w: float, c_s: float, c_f: float) -> ScaleResult:
+    """t* = argmin L_S + w*L_F inside {L_S <= c_s and w*L_F <= c_f} (whole grid if empty)."""
+    total = [s + w * f for s, f in zip(res.sig, res.fid)]
+    inside = [i for i, (s, f) in enumerate(zip(res.sig, res.fid)) if s <= c_s and w * f <= c_f]
+    pool = inside or range(len(res.grid))
+    best = min(pool, key=lambda i: total[i])
+    field = (res.grid[min(inside)], res.grid[max(inside)]) if inside else None
+    return dataclasses.replace(res, t_star=res.grid[best], field=field)
+
+
+def balance_weight(results: list[ScaleResult]) -> float:
+    """w so that L_S and w*L_F have the same mean magnitude over all measurements."""
+    sig = np.mean([v for r in results for v in r.sig])
+    fid = np.mean([v for r in results for v in r.fid])
+    return float(sig / fid) if fid > 0 else 1.0
+
+
+def monotone(values: list[float]) -> list[float]:
+    """Running maximum: more upscaling never gets less noise."""
+    return [float(v) for v in np.maximum.accumulate(np.asarray(values, dtype=float))]
+
+
+# -- measuring ----------------------------------------------------------------------
+def load_crops(folder: str | os.PathLike, crop: int, max_images: int) -> torch.Tensor:
+    """(N, 3, crop, crop) float [0, 1] center crops of the images in folder (smaller ones skipped)."""
+    import cv2
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"--images {folder} is not a folder of images")
+    crops = []
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None or min(img.shape[:2]) < crop:
+            log.info("skipping %s (unreadable or smaller than %d)", p.name, crop)
+            continue
+        h, w = img.shape[:2]
+        y, x = (h - crop) // 2, (w - crop) // 2
+        crops.append(np.ascontiguousarray(img[y:y + crop, x:x + crop, ::-1]))
+        if len(crops) >= max_images:
+            break
+    if not crops:
+        raise InputError(f"no usable images (>= {crop}x{crop}, {', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def measure(up: Upscaler, hr: torch.Tensor, scales: list[float], grid: list[float], progress=None) -> list[ScaleResult]:
+    """Losses for every (scale, t/T): the engine upscales each HR crop's downscaled copy."""
+    h, w = hr.shape[-2:]
+    results = []
+    for s in scales:
+        lr = resize(hr, max(1, round(h / s)), max(1, round(w / s)))
+        sig, fid = [], []
+        for t in grid:
+            u = up.with_config(size=(w, h), noise_level=t)
+            out = u.upscale_tensor(lr).cpu()
+            sig.append(signature_loss(out, hr, s))
+            fid.append(fidelity_loss(out, hr, s))
+            if progress is not None:
+                progress(s, t, sig[-1], fid[-1])
+        results.append(ScaleResult(float(s), tuple(grid), tuple(sig), tuple(fid)))
+    return results
+
+
+def calibrate(
+    up: Upscaler, hr: torch.Tensor, scales: list[float], grid: list[float], progress=None
+) -> tuple[list[ScaleResult], dict]:
+    """Measure, balance, threshold and pick t* per scale; returns results + the settings used."""
+    raw = measure(up, hr, scales, grid, progress)
+    w = balance_weight(raw)
+    c_s = float(np.median([v for r in raw for v in r.sig]))
+    c_f = float(np.median([w * v for r in raw for v in r.fid]))
+    return [find_prf(r, w, c_s, c_f) for r in raw], {"w": w, "c_s": c_s, "c_f": c_f}
+
+
+# -- reporting ------------------------------------------------------------------------
+def format_table(results: list[ScaleResult], settings: dict) -> str:
+    lines = [
+        f"w = {settings['w']:.4g}  C_S = {settings['c_s']:.4g}  C_F = {settings['c_f']:.4g}",
+        f"{'scale':>6} {'t*':>6} {'field':>13} {'L_S(t*)':>10} {'w*L_F(t*)':>10}",
+    ]
+    for r in results:
+        i = r.grid.index(r.t_star)
+        field = f"{r.field[0]:.2f}-{r.field[1]:.2f}" if r.field else "none"
+        lines.append(f"{r.scale:>6g} {r.t_star:>6.2f} {field:>13} {r.sig[i]:>10.4g} {settings['w'] * r.fid[i]:>10.4g}")
+    return "\n".join(lines)
+
+
+def plot(results: list[ScaleResult], settings: dict, out: Path) -> bool:
+    """Both loss curves per scale, field shaded, t* marked (like the paper's Figure 4)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3), squeeze=False)
+    for ax, r in zip(axes[0], results):
+        ax.plot(r.grid, r.sig, "o-", label="signature L_S")
+        ax.plot(r.grid, [settings["w"] * f for f in r.fid], "s-", label="fidelity w*L_F")
+        ax.axhline(settings["c_s"], color="C0", ls=":", lw=1)
+        ax.axhline(settings["c_f"], color="C1", ls=":", lw=1)
+        if r.field:
+            ax.axvspan(r.field[0], r.field[1], color="green", alpha=0.15, label="PRF")
+        ax.axvline(r.t_star, color="k", ls="--", lw=1)
+        ax.set_title(f"{r.scale:g}x: t* = {r.t_star:.2f}")
+        ax.set_xlabel("noise level t/T")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# -- `vsr calibrate` ------------------------------------------------------------------
+def add_cli(parser) -> None:
+    parser.add_argument("--model", help="model name, folder or hub id (default: the shipped prior)")
+    parser.add_argument("--scales", type=float, nargs="+", default=[2, 3, 4, 6, 8], help="upscaling factors")
+    parser.add_argument("--images", required=True, help="a folder of high-resolution images (the truth)")
+    parser.add_argument("--grid", type=float, nargs="+", help="noise levels t/T to try (default 0.05..0.70)")
+    parser.add_argument("--crop", type=int, help="center-crop size (default: the model card's crop)")
+    parser.add_argument("--max-images", type=int, default=8, help="use at most this many images")
+    parser.add_argument("--steps", type=int, default=2, help="DDIM steps per run")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--out", help="PNG of the loss curves (default: calibration-<model>.png)")
+    parser.add_argument("--write", action="store_true", help="write the shipped model's card in configs/models")
+
+
+def run_cli(args) -> int:
+    grid = sorted(args.grid or DEFAULT_GRID)
+    if not all(0 < t < 1 for t in grid):
+        raise UsageError("--grid values must be noise levels t/T in (0, 1)")
+    if any(s <= 1 for s in args.scales):
+        raise UsageError("--scales must be upscaling factors > 1")
+    scales = sorted(args.scales)
+    cfg = EngineConfig(model=args.model, steps=args.steps, device=args.device, dtype=args.dtype, overlap=0)
+    up = Upscaler.from_pretrained(config=cfg)
+    card = up.model.card
+    crop = args.crop or card.crop
+    up = up.with_config(tile=crop)  # one tile per crop: calibration measures the model, not the tiling
+    hr = load_crops(args.images, crop, args.max_images)
+    print(f"calibrating {card.name} on {hr.shape[0]} crops of {crop}x{crop}, {len(scales)} scales x {len(grid)} levels")
+    results, settings = calibrate(up, hr, scales, grid, progress=lambda s, t, a, b: print(f"  {s:g}x t/T={t:.2f}: L_S={a:.4g} L_F={b:.4g}"))
+    print(format_table(results, settings))
+    levels = monotone([r.t_star for r in results])
+    new_card = card.with_prf(
+        tuple(scales),
+        tuple(round(v, 3) for v in levels),
+        calibration={
+            "date": datetime.date.today().isoformat(), "images": int(hr.shape[0]), "crop": crop, "steps": args.steps,
+            "grid": [float(t) for t in grid], "w": round(settings["w"], 6), "c_s": round(settings["c_s"], 6),
+            "c_f": round(settings["c_f"], 6),
+            "fields": {f"{r.scale:g}": (list(r.field) if r.field else None) for r in results},
+        },
+    )
+    kind, location, _ = resolve_model(args.model)
+    target: Path | None = None
+    if kind == "local" and args.model is not None and Path(args.model).expanduser().is_dir():
+        target = Path(location) / "model_card.yaml"
+    elif kind == "local" and args.write:
+        target = shipped_card_path(DEFAULT_MODEL if args.model is None else str(args.model))
+    if target is not None:
+        new_card.save(target)
+        print(f"PRF curve {list(scales)} -> {new_card.prf_t} written to {target}")
+    else:
+        print(f"PRF curve {list(scales)} -> {new_card.prf_t} (not written: pass --write for a shipped model)")
+    png = Path(args.out or f"calibration-{card.name.replace('/', '_')}.png")
+    print(f"loss curves saved to {png}" if plot(results, settings, png) else "PNG skipped: matplotlib is not installed")
+    return 0
