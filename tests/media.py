@@ -16,6 +16,8 @@ import av
 import numpy as np
 
 SAMPLE_RATE = 48000
+MASTER_DISPLAY = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,50)"
+MAX_CLL = (1000, 400)
 
 
 def moving_picture(i: int, width: int, height: int, *, ten_bit: bool = False) -> np.ndarray:
@@ -74,11 +76,14 @@ def make_clip(
     rotation: display-matrix rotation in degrees counter-clockwise (as PyAV reads it).
     vfr: timestamps from `vfr_pts` in a 1/90000 time base (else 1/fps steps).
     pix_fmt: defaults to yuv420p (yuv420p10le for ten_bit); odd sizes need yuv444p.
+    color: "bt709" tags BT.709; "hdr10" makes a 10-bit BT.2020/PQ clip with mastering
+    display and content light level SEI (`MASTER_DISPLAY`, `MAX_CLL`); None: untagged.
     """
     path = Path(path)
     time_base = Fraction(1, 90000) if vfr else Fraction(1, fps)
     pts_list = vfr_pts(frames, time_base) if vfr else list(range(frames))
     duration_s = float((pts_list[-1] + (time_base**-1 / fps if not vfr else 1500)) * time_base)
+    ten_bit = ten_bit or color == "hdr10"
     pix_fmt = pix_fmt or ("yuv420p10le" if ten_bit else "yuv420p")
     with av.open(str(path), "w") as out:
         out.metadata["title"] = "vsr test clip"
@@ -95,9 +100,15 @@ def make_clip(
                 vs.codec_context.options = {"crf": "20", "preset": "ultrafast", "x265-params": "log-level=error"}
         if sar is not None:
             vs.codec_context.sample_aspect_ratio = sar
+        cc = vs.codec_context
+        matrix = "ITU709"
         if color == "bt709":
-            cc = vs.codec_context
             cc.color_primaries, cc.color_trc, cc.colorspace, cc.color_range = 1, 1, 1, 1
+        elif color == "hdr10":
+            cc.color_primaries, cc.color_trc, cc.colorspace, cc.color_range = 9, 16, 9, 1
+            matrix = "BT2020"
+            params = f"mastering-display={MASTER_DISPLAY}:cll={MAX_CLL[0]},{MAX_CLL[1]}"
+            cc.options = {**cc.options, "x264-params": params}
         if rotation:
             vs.set_display_rotation(rotation)
         audio_streams = []
@@ -123,7 +134,7 @@ def make_clip(
         for i, pts in enumerate(pts_list):
             img = moving_picture(i, width, height, ten_bit=ten_bit)
             frame = av.VideoFrame.from_ndarray(img, format="rgb48le" if ten_bit else "rgb24")
-            frame = frame.reformat(format=pix_fmt, dst_colorspace="ITU709", dst_color_range="MPEG")
+            frame = frame.reformat(format=pix_fmt, dst_colorspace=matrix, dst_color_range="MPEG")
             frame.pts, frame.time_base = pts, time_base
             out.mux(vs.encode(frame))
         out.mux(vs.encode(None))

@@ -67,6 +67,7 @@ class Result:
     fps: float
     size: tuple[int, int]
     dropped_streams: tuple[str, ...] = ()
+    previews: tuple[Path, ...] = ()
 
 
 # ------------------------------------------------------------------------ safe files
@@ -408,6 +409,7 @@ def upscale_video(
     overwrite: bool = False,
     resume: bool = False,
     progress: Progress | None = None,
+    preview: int | None = None,
 ) -> Result:
     """Upscale `src` into `dst` (container from its extension); see the module doc.
 
@@ -416,7 +418,9 @@ def upscale_video(
     `EngineConfig`, a dict, or None for the defaults). target/size/fit/scale: see
     `vsr.targets.plan_output` (default 2x). progress: called from this thread after each
     frame with {"frames_done", "total" (an estimate, may be None), "fps", "eta_s",
-    "elapsed_s"}. Raises `vsr.errors.VsrError` subclasses for everything a user can fix.
+    "elapsed_s"}. preview: instead of a video, write that many side-by-side PNGs beside
+    `dst` (see `_preview`). Raises `vsr.errors.VsrError` subclasses for everything a user
+    can fix.
     """
     t0 = time.perf_counter()
     src, dst = Path(src), Path(dst)
@@ -425,6 +429,11 @@ def upscale_video(
         size = parse_size(size)
     width, height = info.upright_size
     plan = plan_output(width, height, sar=info.upright_sar, target=target, size=size, scale=scale, fit=fit)  # type: ignore[arg-type]
+    if preview is not None:
+        up = upscaler if upscaler is not None else build_upscaler(model, config)
+        paths = _preview(src, dst, preview, info, plan, up.with_config(size=plan.scaled), overwrite)
+        seconds = time.perf_counter() - t0
+        return Result(dst, len(paths), 0, seconds, len(paths) / seconds, plan.out, previews=tuple(paths))
     settings = encoder_settings(
         info, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, ten_bit=ten_bit, encoder_options=encoder_options
     )
@@ -494,20 +503,7 @@ def upscale_video(
     )
 
 
-def preview(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    count: int,
-    *,
-    upscaler: Any = None,
-    model: str | None = None,
-    config: Any = None,
-    target: str | None = None,
-    size: tuple[int, int] | str | None = None,
-    fit: str = "pad",
-    scale: float | None = None,
-    overwrite: bool = False,
-) -> list[Path]:
+def _preview(src: Path, dst: Path, count: int, info: video.VideoInfo, plan: Plan, up: Any, overwrite: bool) -> list[Path]:
     """Write `count` frames, evenly spread over the video, as side-by-side PNGs beside
     `dst` (`<stem>.preview-NN.png`): left the input resized bicubically to the output
     size, right vsr's output. 10-bit sources give 16-bit PNGs."""
@@ -515,11 +511,6 @@ def preview(
 
     if count < 1:
         raise UsageError(f"--preview needs at least 1 frame, got {count}")
-    src, dst = Path(src), Path(dst)
-    info = video.probe(src)
-    if isinstance(size, str):
-        size = parse_size(size)
-    plan = plan_output(*info.upright_size, sar=info.upright_sar, target=target, size=size, scale=scale, fit=fit)  # type: ignore[arg-type]
     if not dst.parent.is_dir() or not os.access(dst.parent, os.W_OK):
         raise OutputError(f"output folder {dst.parent} does not exist or is not writable")
     paths = [dst.with_name(f"{dst.stem}.preview-{k:02d}.png") for k in range(count)]
@@ -534,8 +525,6 @@ def preview(
             picked.append(_crop(f, plan.crop))
         if len(picked) == len(wanted):
             break
-    up = upscaler if upscaler is not None else build_upscaler(model, config)
-    up = up.with_config(size=plan.scaled)
     written = []
     for f, out, path in zip(picked, up.stream(picked), paths):
         left = cv2.resize(f.image, plan.scaled, interpolation=cv2.INTER_CUBIC)
@@ -626,12 +615,13 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """`vsr upscale`: parse, run with a progress bar or JSON lines, print one summary line."""
+    video.route_ffmpeg_logs(verbose=bool(getattr(args, "debug", False)))
     config = engine_config_from_args(args)
     common = dict(model=args.model, config=config, target=args.target, size=args.size, fit=args.fit, scale=args.scale)
     if args.preview is not None:
-        paths = preview(args.input, args.output, args.preview, overwrite=args.overwrite, **common)
+        result = upscale_video(args.input, args.output, preview=args.preview, overwrite=args.overwrite, **common)
         if not args.quiet:
-            print(f"wrote {len(paths)} previews: {', '.join(str(p) for p in paths)}")
+            print(f"wrote {len(result.previews)} previews: {', '.join(str(p) for p in result.previews)}")
         return EXIT_OK
 
     bar = None
@@ -672,6 +662,7 @@ def run_cli(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, old)
     if args.progress == "json":
         print(json.dumps({"event": "done", "output": str(result.output), "frames": result.frames,
+                          "resumed_frames": result.resumed_frames,
                           "size": list(result.size), "seconds": round(result.seconds, 3), "fps": round(result.fps, 3)}), flush=True)
     elif not args.quiet:
         w, h = result.size

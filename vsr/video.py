@@ -113,6 +113,13 @@ class VideoInfo:
         return 1 / self.sar if self.rotation in (90, 270) else self.sar
 
 
+def route_ffmpeg_logs(verbose: bool) -> None:
+    """Send FFmpeg's own log lines to Python logging ("libav" loggers) when `verbose`,
+    else silence them: the CLI promises one line on stderr per error, and every FFmpeg
+    failure vsr cares about comes back as an exception it turns into that line."""
+    av.logging.set_level(av.logging.VERBOSE if verbose else av.logging.PANIC)
+
+
 # ---------------------------------------------------------------------------- reading
 def _open_input(path: str | os.PathLike) -> av.container.InputContainer:
     """Open read-only, turning every way a file can be unusable into an InputError."""
@@ -154,19 +161,19 @@ def _rotation(stream: av.VideoStream, container: av.container.InputContainer) ->
 
 
 def _parse_hdr(frame: av.VideoFrame) -> HDR10 | None:
-    """HDR10 static metadata from a decoded frame's side data (AVMasteringDisplayMetadata
-    is 10 AVRationals, min and max luminance, then two int flags)."""
+    """HDR10 static metadata from a decoded frame's side data. AVMasteringDisplayMetadata
+    is 8 AVRationals (R, G, B, white point; x and y each), min and max luminance, then
+    two int flags; AVContentLightMetadata is two unsigned ints."""
     master, cll = None, None
     for sd in frame.side_data or ():
         name = getattr(sd.type, "name", str(sd.type))
         raw = bytes(sd)
-        if name == "MASTERING_DISPLAY_METADATA" and len(raw) >= 104:
-            v = struct.unpack("<20i", raw[:80])
-            q = [Fraction(v[2 * i], v[2 * i + 1] or 1) for i in range(10)]
-            lmin, lmax = Fraction(*struct.unpack("<2i", raw[80:88])), Fraction(*struct.unpack("<2i", raw[88:96]))
-            has_prim, has_lum = struct.unpack("<2i", raw[96:104])
+        if name == "MASTERING_DISPLAY_METADATA" and len(raw) >= 88:
+            v = struct.unpack("<16i", raw[:64])
+            c = [round(Fraction(v[2 * i], v[2 * i + 1] or 1) * 50000) for i in range(8)]
+            lmin, lmax = Fraction(*struct.unpack("<2i", raw[64:72])), Fraction(*struct.unpack("<2i", raw[72:80]))
+            has_prim, has_lum = struct.unpack("<2i", raw[80:88])
             if has_prim and has_lum:
-                c = [round(x * 50000) for x in q]  # order: R, G, B, white point (x, y each)
                 master = (
                     f"G({c[2]},{c[3]})B({c[4]},{c[5]})R({c[0]},{c[1]})WP({c[6]},{c[7]})"
                     f"L({round(lmax * 10000)},{round(lmin * 10000)})"

@@ -1,0 +1,152 @@
+"""vsr.video on real files made with PyAV: probe, decode, segment files, remux."""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from tests.media import MASTER_DISPLAY, MAX_CLL, audio_packets, make_clip, vfr_pts
+from vsr import video
+from vsr.errors import CodecError, InputError
+
+
+def test_probe_describes_streams_colour_and_timing(tmp_path):
+    path = make_clip(tmp_path / "a.mkv", audio=("aac", "libopus"), subtitles=True, vfr=True, frames=9)
+    info = video.probe(path)
+    assert (info.width, info.height, info.rotation, info.sar) == (48, 32, 0, Fraction(1))
+    assert info.bit_depth == 8 and info.pix_fmt == "yuv420p"
+    assert info.colour == video.Colour(primaries=1, transfer=1, matrix=1, range=1)
+    assert [(s.type, s.codec, s.language) for s in info.streams] == [
+        ("audio", "aac", "eng"),
+        ("audio", "opus", "fra"),
+        ("subtitle", "srt", "eng"),
+    ]
+    assert info.hdr is None
+
+
+def test_probe_reads_rotation_sar_and_hdr10(tmp_path):
+    info = video.probe(make_clip(tmp_path / "r.mp4", rotation=90, sar=Fraction(4, 3), audio=()))
+    assert info.rotation == 90 and info.sar == Fraction(4, 3)
+    assert info.upright_size == (32, 48) and info.upright_sar == Fraction(3, 4)
+    hdr = video.probe(make_clip(tmp_path / "h.mkv", color="hdr10", audio=()))
+    assert hdr.bit_depth == 10 and hdr.colour == video.Colour(primaries=9, transfer=16, matrix=9, range=1)
+    assert hdr.hdr == video.HDR10(MASTER_DISPLAY, MAX_CLL)
+
+
+def test_decode_keeps_vfr_pts_and_counts(tmp_path):
+    path = make_clip(tmp_path / "v.mp4", vfr=True, frames=10, audio=())
+    frames = list(video.decode(path))
+    assert [f.index for f in frames] == list(range(10))
+    times = [f.pts * f.time_base for f in frames]
+    expected = [p * Fraction(1, 90000) for p in vfr_pts(10, Fraction(1, 90000))]
+    assert all(abs(t - e) <= frames[0].time_base for t, e in zip(times, expected))
+    assert len(set(np.diff([float(t) for t in times]).round(4))) == 3  # three different durations
+
+
+def test_decode_applies_rotation(tmp_path):
+    plain = [f.image for f in video.decode(make_clip(tmp_path / "p.mp4", audio=(), frames=3))]
+    for rot in (90, 180, 270):
+        turned = list(video.decode(make_clip(tmp_path / f"r{rot}.mp4", audio=(), frames=3, rotation=rot)))
+        for a, b in zip(plain, turned):
+            np.testing.assert_array_equal(b.image, np.rot90(a, rot // 90))
+
+
+def test_decode_ten_bit_gives_uint16(tmp_path):
+    frames = list(video.decode(make_clip(tmp_path / "t.mkv", ten_bit=True, audio=(), frames=3)))
+    img = frames[0].image
+    assert img.dtype == np.uint16 and img.shape == (32, 48, 3)
+    assert img.max() > 40000  # scaled to the full 16-bit range, not 0..1023
+
+
+def test_segment_file_round_trip_and_abort(tmp_path):
+    src = make_clip(tmp_path / "s.mp4", audio=(), frames=6)
+    info = video.probe(src)
+    fmt = video.StreamFormat(video.EncoderSettings(preset="ultrafast"), 48, 32, info.time_base, info.rate,
+                             info.colour, None, global_header=True)
+    frames = list(video.decode(src))
+    with video.SegmentWriter(tmp_path / "one.vsrseg", fmt) as w:
+        for f in frames:
+            w.write(f)
+    packets = list(video.read_segment(tmp_path / "one.vsrseg"))
+    assert len(packets) == 6 and packets[0][3]  # starts with a keyframe
+    assert sorted(p[0] for p in packets) == [f.pts for f in frames]
+    w = video.SegmentWriter(tmp_path / "two.vsrseg", fmt)
+    digest = None
+    w.write(frames[0])
+    w.abort()
+    assert not list(tmp_path.glob("two.vsrseg*"))
+    w = video.SegmentWriter(tmp_path / "three.vsrseg", fmt)
+    w.write(frames[0])
+    digest = w.close()
+    assert digest == video.file_sha256(tmp_path / "three.vsrseg")
+
+
+def test_assemble_copies_other_streams_bit_identical(tmp_path):
+    src = make_clip(tmp_path / "in.mkv", audio=("aac", "libopus"), subtitles=True, chapters=True, frames=8)
+    info = video.probe(src)
+    fmt = video.StreamFormat(video.EncoderSettings(preset="ultrafast"), 48, 32, info.time_base, info.rate,
+                             info.colour, None, video.needs_global_header("out.mkv"))
+    with video.SegmentWriter(tmp_path / "a.vsrseg", fmt) as w:
+        for f in video.decode(src):
+            w.write(f)
+    dropped = video.assemble(src, info, [tmp_path / "a.vsrseg"], tmp_path / "out.mkv", fmt)
+    assert dropped == []
+    assert audio_packets(tmp_path / "out.mkv") == audio_packets(src)
+    with av.open(str(src)) as a, av.open(str(tmp_path / "out.mkv")) as b:
+        assert b.metadata["title"] == "vsr test clip"
+        assert [c["metadata"] for c in b.chapters()] == [c["metadata"] for c in a.chapters()]
+        assert [s.language for s in b.streams] == [s.language for s in a.streams]
+
+
+def test_assemble_leaves_out_what_the_container_cannot_hold(tmp_path):
+    src = make_clip(tmp_path / "in.mkv", audio=("aac",), subtitles=True, frames=4)
+    info = video.probe(src)
+    fmt = video.StreamFormat(video.EncoderSettings(preset="ultrafast"), 48, 32, info.time_base, info.rate,
+                             info.colour, None, True)
+    with video.SegmentWriter(tmp_path / "a.vsrseg", fmt) as w:
+        for f in video.decode(src):
+            w.write(f)
+    dropped = video.assemble(src, info, [tmp_path / "a.vsrseg"], tmp_path / "out.mp4", fmt)
+    assert dropped == ["stream 2 (subtitle srt)"]  # SubRip has no place in MP4
+    payloads = [[p[0] for p in s] for s in audio_packets(tmp_path / "out.mp4")]
+    assert payloads == [[p[0] for p in audio_packets(src)[0]]]  # same bytes; MP4 retimes to 1/48000
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "folder", "corrupt", "truncated", "no_video"])
+def test_unusable_inputs_raise_input_error(tmp_path, case):
+    path = tmp_path / "in.mp4"
+    if case == "empty":
+        path.write_bytes(b"")
+    elif case == "folder":
+        path.mkdir()
+    elif case == "corrupt":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    elif case == "truncated":
+        data = make_clip(tmp_path / "full.mp4", frames=12).read_bytes()
+        path.write_bytes(data[: len(data) // 2])  # MP4 keeps its index (moov) at the end
+    elif case == "no_video":
+        path = tmp_path / "in.m4a"
+        with av.open(str(path), "w") as out:
+            from tests.media import _write_tone
+
+            s = out.add_stream("aac", rate=48000)
+            s.layout = "stereo"
+            _write_tone(out, s, 0.2, 440.0)
+    with pytest.raises(InputError):
+        video.probe(path)
+
+
+def test_encoder_checks_are_codec_errors():
+    with pytest.raises(CodecError, match="unknown encoder"):
+        video.check_codec("libnope")
+    with pytest.raises(CodecError, match="not a video"):
+        video.check_codec("aac")
+    with pytest.raises(CodecError, match="cannot encode"):
+        video.check_encoder(video.EncoderSettings(codec="libx264", pix_fmt="rgb24"))
+    assert video.ten_bit_format("libx264") == "yuv420p10le"
+    with pytest.raises(CodecError, match="refused"):
+        fmt = video.StreamFormat(video.EncoderSettings(preset="no-such-preset"), 64, 48, Fraction(1, 24), None,
+                                 video.Colour(), None, True)
+        video.check_encoder_opens(fmt)
