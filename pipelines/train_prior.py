@@ -485,6 +485,7 @@ def add_cli(parser) -> None:
     p.add_argument("--corpus", help="override the corpus folder")
     p.add_argument("--run-dir", help="override the run folder")
     p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (0 = torch's default)")
     p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this long")
     p.add_argument("--quiet", action="store_true")
     e = sub.add_parser("export", help="write a checkpoint's EMA weights as a diffusers folder")
@@ -499,7 +500,8 @@ def run_cli(args) -> int:
         print(export(args.checkpoint, args.out))
         return 0
     cfg = TrainConfig.from_yaml(
-        args.config, steps=args.steps, corpus=args.corpus, run_dir=args.run_dir, device=args.device
+        args.config, steps=args.steps, corpus=args.corpus, run_dir=args.run_dir, device=args.device,
+        num_threads=args.threads,
     )
     trainer = train(
         cfg, resume=args.resume, progress=not args.quiet,
