@@ -42,3 +42,14 @@ def test_prf_curve_interpolates_in_log_scale_monotone_and_clamped():
     assert all(b >= a for a, b in zip(vals, vals[1:]))
     # unsorted input curves give the same answer
     assert prf_noise_level(3, [8, 2, 4], [0.55, 0.2, 0.4]) == prf_noise_level(3, scales, levels)
+
+
+def test_eps_from_x0_inverts_add_noise():
+    from vsr.schedule import eps_from_x0
+
+    ac = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand(1, 3, 8, 8, generator=g) * 2 - 1
+    eps = torch.randn(1, 3, 8, 8, generator=g)
+    for t in (5, 300, 900):
+        torch.testing.assert_close(eps_from_x0(add_noise(x0, eps, t, ac), x0, t, ac), eps, rtol=0, atol=1e-3 if t == 5 else 1e-5)

@@ -28,7 +28,7 @@ from vsr.frame import Frame
 from vsr.models import LoadedModel, ModelDenoiser, load_model, resolve_device, resolve_dtype
 from vsr.noise import NoiseSource, make_noise
 from vsr.sampling import sample_ddim
-from vsr.schedule import add_noise, prf_noise_level, timestep_set
+from vsr.schedule import add_noise, eps_from_x0, prf_noise_level, timestep_set
 from vsr.tiling import apply_tiled, pad_to_min, plan_tiles
 
 log = logging.getLogger(__name__)
@@ -186,8 +186,9 @@ class Upscaler:
         x_t, (h0, w0) = pad_to_min(x_t, tile, tile)
 
         def tiled(xt: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-            x0, e = apply_tiled(lambda crops: den(crops, t), xt, tile, overlap, batch)
-            return x0, e
+            # blend the tiles' x0 predictions, then the eps consistent with the blend
+            (x0,) = apply_tiled(lambda crops: den(crops, t)[:1], xt, tile, overlap, batch)
+            return x0, eps_from_x0(xt, x0, t, ac)
 
         out = sample_ddim(tiled, x_t, ts, ac, callback=callback)
         return ((out[..., :h0, :w0] + 1.0) / 2.0).clamp(0.0, 1.0)

@@ -394,11 +394,11 @@ class ModelDenoiser:
         out = self.model_output(x_t, t)
         x_t = x_t.float()
         if self.prediction_type == "epsilon":
-            eps, x0 = out, (x_t - sb * out) / sa
+            eps, x0 = out, torch.sub(x_t, out, alpha=sb).div_(sa)
         elif self.prediction_type == "v_prediction":
-            x0, eps = sa * x_t - sb * out, sa * out + sb * x_t
+            x0, eps = torch.sub(x_t * sa, out, alpha=sb), torch.add(out * sa, x_t, alpha=sb)
         else:  # "sample"
-            x0, eps = out, (x_t - sa * out) / max(sb, 1e-8)
+            x0, eps = out, torch.sub(x_t, out, alpha=sa).div_(max(sb, 1e-8))
         if self.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
         return x0, eps

@@ -66,3 +66,13 @@ def prf_noise_level(scale: float, scales: Sequence[float], levels: Sequence[floa
             w = (ls - math.log(s0)) / (math.log(s1) - math.log(s0))
             return v0 + w * (v1 - v0)
     raise AssertionError("unreachable: scale inside the curve's range")
+
+
+def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, t: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The noise implied by x_t and an x0 estimate: (x_t - sqrt(a_t) x0) / sqrt(1 - a_t).
+
+    Used after blending tiles' x0 predictions (and clipping): the DDIM step then stays
+    consistent with the x0 it was given (diffusers' `use_clipped_model_output`).
+    """
+    a = float(alphas_cumprod[int(t)])
+    return (x_t - a**0.5 * x0) / max((1.0 - a) ** 0.5, 1e-12)

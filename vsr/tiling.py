@@ -8,6 +8,7 @@ a real model shows no seams. The engine blends at every denoising step (METHOD.m
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -84,9 +85,8 @@ def apply_tiled(
     Returns the blended outputs as float32 (N, C, H, W), weights summing to 1 per pixel.
     """
     n, _, h, w = x.shape
-    tiles = plan_tiles(h, w, tile, overlap)
-    window = tile_window(tile, overlap).to(x.device)
-    norm = blend_weights(h, w, tiles, window)
+    tiles, weights = _blend_plan(h, w, tile, overlap)
+    weights = weights.to(x.device)
     jobs = [(i, y, xx) for i in range(n) for (y, xx) in tiles]
     acc: list[torch.Tensor] | None = None
     for start in range(0, len(jobs), batch):
@@ -96,8 +96,17 @@ def apply_tiled(
         if acc is None:
             acc = [torch.zeros(n, o.shape[1], h, w, dtype=torch.float32, device=x.device) for o in outs]
         for a, o in zip(acc, outs):
-            o = o.float() * window
             for k, (i, y, xx) in enumerate(chunk):
-                a[i, :, y:y + tile, xx:xx + tile] += o[k]
+                a[i, :, y:y + tile, xx:xx + tile].addcmul_(o[k].float(), weights[(start + k) % len(tiles)])
     assert acc is not None
-    return tuple(a / norm for a in acc)
+    return tuple(acc)
+
+
+@functools.lru_cache(maxsize=8)
+def _blend_plan(h: int, w: int, tile: int, overlap: int) -> tuple[list[Tile], torch.Tensor]:
+    """Tiles of an h x w frame and each tile's normalised weights (K, tile, tile), which
+    sum to 1 at every pixel. Cached: a stream reuses one frame size at every step."""
+    tiles = plan_tiles(h, w, tile, overlap)
+    window = tile_window(tile, overlap)
+    norm = blend_weights(h, w, tiles, window)
+    return tiles, torch.stack([window / norm[y:y + tile, x:x + tile] for y, x in tiles])

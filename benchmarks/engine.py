@@ -1,0 +1,116 @@
+"""Engine speed on the CPU (`python -m benchmarks.engine`).
+
+Prints, for the shipped prior (or --model): ms per tile in fp32 and bf16, tiles per
+1080p frame, seconds per 1080p frame (960x540 -> 1920x1080) at 1/2/4 steps, and the share
+of that time spent outside the model (resize, noise, tiling, blending, conversions; the
+goal is under 10%). `--stand-in` measures a randomly initialised UNet of the prior's
+architecture (configs/prior/vsr-prior-s.yaml) when the trained weights are not there:
+same cost, meaningless pictures.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vsr.config import EngineConfig
+from vsr.engine import Upscaler
+from vsr.models import cpu_supports_bf16
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class TimedNet(torch.nn.Module):
+    """Wraps the UNet to add up the wall time spent inside it."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+        self.seconds = 0.0
+
+    def forward(self, x, t):
+        t0 = time.perf_counter()
+        out = self.net(x, t).sample
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def stand_in_folder(tmp: Path) -> Path:
+    """The prior's architecture with random weights, in the shipped layout (plus a card)."""
+    from pipelines.train_prior import TrainConfig, build_scheduler, build_unet
+
+    cfg = TrainConfig.from_yaml(REPO / "configs" / "prior" / "vsr-prior-s.yaml")
+    folder = tmp / "vsr-prior-s-standin"
+    torch.manual_seed(0)
+    build_unet(cfg).save_pretrained(folder / "unet")
+    build_scheduler(cfg).save_pretrained(folder / "scheduler")
+    (folder / "model_card.yaml").write_text(f"name: vsr-prior-s-standin\ncrop: 256\npixel_unshuffle: {cfg.pixel_unshuffle}\n")
+    return folder
+
+
+def ms_per_tile(up: Upscaler, dtype: str, batch: int, repeats: int) -> float:
+    den = up.with_config(dtype=dtype).denoiser()
+    x = torch.rand(batch, 3, up.tile, up.tile) * 2 - 1
+    with torch.inference_mode():
+        den(x, 200)  # warm-up (oneDNN picks its kernels)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            den(x, 200)
+    return (time.perf_counter() - t0) / (repeats * batch) * 1000
+
+
+def frame_seconds(up: Upscaler, steps: int, frame: np.ndarray) -> tuple[float, float]:
+    """(seconds for one 1080p output frame, share of it outside the UNet)."""
+    u = up.with_config(steps=steps, size=(1920, 1080), noise_level=0.2)
+    den = u.denoiser()
+    timed = TimedNet(den.net)
+    den.net = timed
+    try:
+        t0 = time.perf_counter()
+        u(frame)
+        total = time.perf_counter() - t0
+    finally:
+        den.net = timed.net
+    return total, 1 - timed.seconds / total
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="model folder or name (default: the shipped prior)")
+    p.add_argument("--stand-in", action="store_true", help="random weights of the prior's architecture")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = str(stand_in_folder(Path(tmp))) if args.stand_in else args.model
+        up = Upscaler.from_pretrained(model, config=EngineConfig(batch=args.batch, device="cpu"))
+        n_params = sum(p.numel() for p in up.model.net.parameters())
+        print(f"model: {up.model.card.name} ({n_params / 1e6:.1f}M params, tile {up.tile}, "
+              f"pixel_unshuffle {up.model.card.pixel_unshuffle}){' [stand-in: random weights]' if args.stand_in else ''}")
+        print(f"cpu: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads, bf16 native: {cpu_supports_bf16()}")
+        auto = up.denoiser().dtype
+        print(f"auto dtype on this CPU: {auto}")
+        for dt in ("float32", "bfloat16"):
+            print(f"ms per {up.tile}x{up.tile} tile, {dt:>8}: {ms_per_tile(up, dt, args.batch, args.repeats):8.1f}")
+        tiles = up.tiles_per_frame(1080, 1920)
+        print(f"tiles per 1080p frame (overlap {up.overlap}): {tiles}")
+        frame = (np.random.default_rng(0).random((540, 960, 3)) * 255).astype(np.uint8)
+        frame_seconds(up, 1, frame)  # warm-up: the blend plan for 1080p is cached per frame size
+        for steps in args.steps:
+            sec, outside = frame_seconds(up, steps, frame)
+            print(f"1080p frame, {steps} step(s), {auto}: {sec:7.2f} s   outside the model: {outside:6.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
