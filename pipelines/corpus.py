@@ -14,6 +14,9 @@ its pinned version, the path globs of its candidate images and its licence. The 
    - `unreadable`: OpenCV cannot decode it;
    - `too small`: short side < `min_short_side` (256 px);
    - `transparency`: an alpha channel with more than 0.1 % of pixels below 250;
+   - `colour space`: an embedded ICC profile other than sRGB that cannot be converted
+     faithfully (high bit depth, e.g. HLG HDR); 8-bit files tagged with another profile
+     (Adobe RGB) are converted to sRGB with LittleCMS and kept;
    - `grayscale`: colourfulness (Hasler & Suesstrunk 2003, 0..255 units) < 4 — test
      charts, scans and grey test photos; the prior is trained on colour;
    - `few colours`: unique RGB triplets per sampled pixel < `min_unique_ratio` —
@@ -25,13 +28,16 @@ its pinned version, the path globs of its candidate images and its licence. The 
    - `smooth`: fraction of pixels whose Sobel luma gradient exceeds 10 < `min_edge_fraction`
      — gradients, blurred abstract wallpapers, renders without texture;
 
-   and then applies the reviewed lists of `configs/corpus.yaml`: `exclude` (reason
-   `reviewed: ...`, for synthetic images that pass the statistics, e.g. 3-D renders with
-   noise added) and `include` (kept although a statistic failed, e.g. a real photo with
-   a large clipped sky). Every decision, with its statistics, is in the manifest;
+   `include` in `configs/corpus.yaml` keeps a reviewed real photograph that a
+   statistic rejects (e.g. a large clipped sky), never one past a hard limit
+   (unreadable, size, transparency, colour space);
 4. drops exact and near duplicates (same image at another resolution or encoding:
    32x32 luma thumbnails correlate above 0.97, same aspect within 2 %), keeping the
-   one listed first in processing order (validation images first, then the largest);
+   first in this order: validation images, then the largest; then applies the reviewed
+   `exclude` list (reason `reviewed: ...`, for images that pass the statistics but are
+   not photographs, e.g. paintings and renders with added noise): an excluded image
+   takes its near duplicates with it. Every decision, with its statistics, is in the
+   manifest;
 5. writes the kept images as RGB PNG to `DIR/images/<split>/<source>__<name>.png`, the
    validation split being the fixed, named `validation` list of the config;
 6. writes `DIR/manifest.json` (sorted keys, no timestamps or absolute paths, so a rebuild
@@ -47,6 +53,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import hashlib
+import io
 import json
 import logging
 import os
@@ -71,6 +78,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "corpus.ya
 MANIFEST_VERSION = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".ppm", ".pnm", ".pgm", ".bmp", ".webp")
 Split = Literal["train", "val"]
+# rejections the reviewed include list cannot override
+HARD_LIMITS = ("unreadable", "too small", "transparency", "colour space")
 
 
 # ----------------------------------------------------------------------------- config
@@ -270,21 +279,80 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """Decode to (RGB uint8 HxWx3, alpha uint8 HxW or None); None if undecodable.
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded candidate: RGB uint8 (H, W, 3) in sRGB, alpha uint8 (H, W) or None.
 
-    16-bit and other high-depth files are scaled to 8 bits; EXIF orientation is not
-    applied (IMREAD_UNCHANGED), which is what the written PNG then carries.
+    `colour` says what was done about colour management: "" (untagged or sRGB),
+    "converted from <profile>" (8-bit file with another ICC profile, converted to sRGB
+    with LittleCMS, relative colorimetric), or "not sRGB: <profile>" when it could not
+    be converted faithfully (high bit depth, e.g. an HLG/PQ HDR file): such files are
+    rejected.
+    """
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None
+    colour: str = ""
+
+
+def _pnm_maxval(data: np.ndarray) -> int | None:
+    """The maxval of a binary PNM (P5/P6) header, None for other formats.
+
+    OpenCV returns PNM samples unscaled (0..maxval), so 2-bit or 10-bit files need it.
+    """
+    head = bytes(data[:64])
+    if head[:2] not in (b"P5", b"P6"):
+        return None
+    body = re.sub(rb"#[^\n]*\n", b" ", head[2:])  # comments
+    fields = body.split()
+    return int(fields[2]) if len(fields) >= 3 and fields[2].isdigit() else None
+
+
+def _icc_profile(path: Path) -> tuple[str, object] | None:
+    """(description, ImageCms profile) of an embedded ICC profile, None if there is none."""
+    from PIL import Image, ImageCms  # Pillow comes with scikit-image (the 'train' extra)
+
+    try:
+        with Image.open(path) as im:
+            icc = im.info.get("icc_profile")
+        if not icc:
+            return None
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        return ImageCms.getProfileDescription(profile).strip(), profile
+    except (OSError, ValueError, ImageCms.PyCMSError):
+        return None
+
+
+def _to_srgb(rgb: np.ndarray, profile: object) -> np.ndarray | None:
+    """(H, W, 3) uint8 RGB in `profile` -> sRGB; None when LittleCMS cannot build it
+    (e.g. the profile is not an RGB one)."""
+    from PIL import Image, ImageCms
+
+    try:
+        transform = ImageCms.buildTransform(profile, ImageCms.createProfile("sRGB"), "RGB", "RGB",
+                                            renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
+        return np.asarray(ImageCms.applyTransform(Image.fromarray(rgb), transform))
+    except ImageCms.PyCMSError:
+        return None
+
+
+def read_image(path: Path) -> Decoded | None:
+    """Decode a file to sRGB 8-bit RGB (+ alpha); None if OpenCV cannot decode it.
+
+    High-depth samples are scaled to 8 bits by their real range (16-bit: 65535, PNM:
+    its maxval); EXIF orientation is not applied (IMREAD_UNCHANGED): the written PNG
+    then shows the stored pixel grid.
     """
     data = np.fromfile(str(path), dtype=np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
         return None
-    if img.dtype == np.uint16:
-        img = np.round(img.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        # float data (e.g. HDR) is not a display-referred photo: treat as undecodable
-        return None
+    bits = 16 if img.dtype == np.uint16 else 8
+    maxval = _pnm_maxval(data) or (65535 if bits == 16 else 255)
+    if img.dtype not in (np.uint8, np.uint16):
+        return None  # float data (e.g. OpenEXR/PFM) is not a display-referred photo
+    if maxval != 255:
+        img = np.clip(np.round(img.astype(np.float32) * (255.0 / maxval)), 0, 255).astype(np.uint8)
     alpha = None
     if img.ndim == 2:
         rgb = np.repeat(img[:, :, None], 3, axis=2)
@@ -295,7 +363,16 @@ def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None] | None:
         rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     else:
         return None
-    return np.ascontiguousarray(rgb), alpha
+    rgb = np.ascontiguousarray(rgb)
+    colour = ""
+    icc = _icc_profile(path) if img.ndim == 3 else None  # grey files are rejected anyway
+    if icc is not None and "srgb" not in icc[0].lower():
+        converted = _to_srgb(rgb, icc[1]) if bits == 8 else None
+        if converted is not None:
+            rgb, colour = np.ascontiguousarray(converted), f"converted from {icc[0]}"
+        else:
+            colour = f"not sRGB: {icc[0]}"
+    return Decoded(rgb, alpha, colour)
 
 
 def resize_short_side(rgb: np.ndarray, max_short: int) -> np.ndarray:
@@ -473,6 +550,7 @@ class Measured:
     height: int
     thumb: np.ndarray  # (1024,) float32, see _thumbnail
     aspect: float  # width / height
+    colour: str  # colour management note, see Decoded
 
     def rejection(self, reason: str) -> dict:
         c = self.cand
@@ -490,7 +568,7 @@ def _measure(candidates: list[Candidate], config: CorpusConfig) -> tuple[list[Me
         if decoded is None:
             rejected.append({**entry, "reason": "unreadable"})
             continue
-        rgb, alpha = decoded
+        rgb, alpha = decoded.rgb, decoded.alpha
         h0, w0 = rgb.shape[:2]
         small = resize_short_side(rgb, rule.max_short_side)
         a_small = None
@@ -498,13 +576,15 @@ def _measure(candidates: list[Candidate], config: CorpusConfig) -> tuple[list[Me
             a_small = resize_short_side(np.repeat(alpha[..., None], 3, 2), rule.max_short_side)[..., 0]
         stats = image_stats(small, a_small, rule)
         reason = photo_verdict(min(h0, w0), stats, rule)
+        if decoded.colour.startswith("not sRGB") and not (reason or "").startswith(HARD_LIMITS):
+            reason = f"colour space: {decoded.colour}"
         # review overrides the statistics, never the hard limits (size, transparency)
-        if reason and c.id in config.include and not reason.startswith(("too small", "transparency")):
+        if reason and c.id in config.include and not reason.startswith(HARD_LIMITS):
             reason = None
         if reason:
             rejected.append({**entry, "reason": reason, "stats": stats, "width": w0, "height": h0})
             continue
-        measured.append(Measured(c, stats, w0, h0, _thumbnail(small), small.shape[1] / small.shape[0]))
+        measured.append(Measured(c, stats, w0, h0, _thumbnail(small), small.shape[1] / small.shape[0], decoded.colour))
     return measured, rejected
 
 
@@ -605,7 +685,7 @@ def build_corpus(
         c = m.cand
         split: Split = "val" if c.id in val else "train"
         rel_out = f"images/{split}/{c.id}.png"
-        rgb = resize_short_side(read_image(c.file)[0], rule.max_short_side)
+        rgb = resize_short_side(read_image(c.file).rgb, rule.max_short_side)
         ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 6])
         if not ok:
             raise OutputError(f"could not encode {rel_out}")
@@ -618,7 +698,7 @@ def build_corpus(
             "bytes": len(data), "width": rgb.shape[1], "height": rgb.shape[0],
             "original_width": m.width, "original_height": m.height,
             "downscaled": (rgb.shape[1], rgb.shape[0]) != (m.width, m.height),
-            "stats": m.stats, "included_by_review": c.id in config.include,
+            "stats": m.stats, "included_by_review": c.id in config.include, "colour": m.colour or "sRGB",
         })
     manifest = {
         "version": MANIFEST_VERSION,

@@ -240,3 +240,39 @@ def test_cli_builds_and_reports_errors_in_one_line(tmp_path, photos, capsys):
     assert code == EXIT_INPUT and len(err.splitlines()) == 1 and "not found" in err
     with pytest.raises(InputError, match="manifest.json not found"):
         load_split(tmp_path / "empty", "train")
+
+
+def test_colour_profiles_and_high_depth_files(tmp_path, photos):
+    import skimage
+    from PIL import Image, ImageCms
+
+    from pipelines.corpus import read_image
+
+    # skimage's rocket.jpg is tagged Adobe RGB (1998): converted to sRGB, not read raw
+    rocket = Path(skimage.__file__).parent / "data" / "rocket.jpg"
+    decoded = read_image(rocket)
+    raw = cv2.imread(str(rocket), cv2.IMREAD_UNCHANGED)[..., ::-1]
+    assert decoded.colour == "converted from Adobe RGB (1998)"
+    assert decoded.rgb.shape == raw.shape and 2 < np.abs(decoded.rgb.astype(int) - raw).mean() < 20
+    # a profile LittleCMS cannot turn into sRGB: rejected, even if listed in `include`
+    xyz = ImageCms.ImageCmsProfile(ImageCms.createProfile("XYZ")).tobytes()
+    src = tmp_path / "pkg"
+    src.mkdir()
+    Image.fromarray(photos["chelsea"]).save(src / "xyz.png", icc_profile=xyz)
+    assert read_image(src / "xyz.png").colour.startswith("not sRGB")
+    # a 10-bit PPM is scaled by its maxval, not by 65535
+    ten_bit = np.round(photos["chelsea"].astype(np.float64) * (1023 / 255)).astype(">u2")
+    header = f"P6\n{ten_bit.shape[1]} {ten_bit.shape[0]}\n1023\n".encode()
+    (src / "ten.ppm").write_bytes(header + ten_bit.tobytes())
+    assert np.abs(read_image(src / "ten.ppm").rgb.astype(int) - photos["chelsea"]).max() <= 1
+
+    _write(src / "coffee.png", photos["coffee"])
+    (src / "rocket.jpg").write_bytes(rocket.read_bytes())
+    cfg = {"sources": [{"name": "c", "kind": "dir", "path": "pkg", "licence": "x"}],
+           "include": {"c__xyz": "would be kept if it were sRGB"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    manifest, _ = build_corpus(tmp_path / "out", load_config(tmp_path / "c.yaml"), tmp_path / "cache")
+    kept = {i["id"]: i for i in manifest["images"]}
+    assert kept["c__rocket"]["colour"] == "converted from Adobe RGB (1998)" and kept["c__coffee"]["colour"] == "sRGB"
+    assert {r["id"]: r["reason"] for r in manifest["rejected"]}["c__xyz"].startswith("colour space: not sRGB")
+    assert kept["c__ten"]["width"] == 451  # the 10-bit PPM is a candidate like any other file
