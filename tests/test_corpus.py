@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import subprocess
+import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -225,6 +229,12 @@ def test_missing_source_is_an_error_or_skipped(tmp_path, photos):
     manifest, _ = build_corpus(tmp_path / "corpus", cfg, tmp_path / "cache", skip_missing=True)
     assert "not found" in manifest["sources"]["gone"]["missing"]
     assert len(manifest["images"]) == 3
+    # a corpus without a single photograph is an error, not an empty folder
+    only_art = load_config(_fake_source(tmp_path, photos, validation=()))
+    only_art = type(only_art)(sources=(replace(only_art.sources[0], globs=("art/*",)),))
+    with pytest.raises(InputError, match="no image passed the photograph filter"):
+        build_corpus(tmp_path / "art", only_art, tmp_path / "cache")
+    assert not (tmp_path / "art").exists()
 
 
 def test_cli_builds_and_reports_errors_in_one_line(tmp_path, photos, capsys):
@@ -276,3 +286,57 @@ def test_colour_profiles_and_high_depth_files(tmp_path, photos):
     assert kept["c__rocket"]["colour"] == "converted from Adobe RGB (1998)" and kept["c__coffee"]["colour"] == "sRGB"
     assert {r["id"]: r["reason"] for r in manifest["rejected"]}["c__xyz"].startswith("colour space: not sRGB")
     assert kept["c__ten"]["width"] == 451  # the 10-bit PPM is a candidate like any other file
+
+
+def test_wheel_target_args_pin_the_platform():
+    from pipelines.corpus import wheel_target_args
+
+    args = wheel_target_args("scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl")
+    assert args == ["--abi", "cp311", "--platform", "manylinux_2_24_x86_64", "--platform", "manylinux_2_28_x86_64",
+                    "--implementation", "cp", "--python-version", "3.11"]
+    assert wheel_target_args("scikit_video-1.1.11-py2.py3-none-any.whl") == []
+    with pytest.raises(ConfigError, match="not a wheel file name"):
+        wheel_target_args("scikit_image.whl")
+
+
+def _deb(tmp_path: Path, downloads: Path, photos) -> None:
+    """A real .deb (built with dpkg-deb) as apt-get download would leave it."""
+    root = tmp_path / "debroot"
+    _write(root / "usr" / "share" / "backgrounds" / "coffee.png", photos["coffee"])
+    _write(root / "usr" / "share" / "backgrounds" / "logo.png", _logo())
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        "Package: vsr-test-photos\nVersion: 2:1.0-1\nArchitecture: all\nMaintainer: t <t@t>\nDescription: test\n")
+    downloads.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root),
+                    str(downloads / "vsr-test-photos_2%3a1.0-1_all.deb")], check=True, capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian/Ubuntu)")
+def test_cached_deb_and_wheel_are_extracted_once(tmp_path, photos):
+    cache = tmp_path / "cache"
+    downloads = cache / "downloads"
+    _deb(tmp_path, downloads, photos)
+    wheel = "vsr_test_photos-0.1-py3-none-any.whl"
+    buf = cv2.imencode(".png", cv2.cvtColor(photos["chelsea"], cv2.COLOR_RGB2BGR))[1].tobytes()
+    with zipfile.ZipFile(downloads / wheel, "w") as zf:
+        zf.writestr("vsr_test_photos/data/chelsea.png", buf)
+    cfg = {"sources": [
+        {"name": "deb", "kind": "deb", "package": "vsr-test-photos", "version": "2:1.0-1", "licence": "l1",
+         "root": "usr/share/backgrounds"},
+        {"name": "whl", "kind": "pypi", "package": "vsr-test-photos", "version": "0.1", "licence": "l2",
+         "root": "vsr_test_photos/data", "wheel": wheel},
+    ]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    manifest, h1 = build_corpus(tmp_path / "out", load_config(tmp_path / "c.yaml"), cache)
+    assert {i["id"]: i["path"] for i in manifest["images"]} == {
+        "deb__coffee": "usr/share/backgrounds/coffee.png", "whl__chelsea": "vsr_test_photos/data/chelsea.png"}
+    assert manifest["sources"]["deb"]["archive_sha256"] == hashlib.sha256(
+        (downloads / "vsr-test-photos_2%3a1.0-1_all.deb").read_bytes()).hexdigest()
+    assert manifest["sources"]["whl"]["wheel"] == wheel
+    extracted = sorted(p.name for p in (cache / "extracted").iterdir())
+    assert len(extracted) == 2 and not any(n.endswith(".vsr-tmp") for n in extracted)
+    # a second build re-extracts nothing and gives the same manifest
+    stamp = {p: p.stat().st_mtime_ns for p in (cache / "extracted").rglob("*")}
+    assert build_corpus(tmp_path / "out", load_config(tmp_path / "c.yaml"), cache)[1] == h1
+    assert {p: p.stat().st_mtime_ns for p in (cache / "extracted").rglob("*")} == stamp
