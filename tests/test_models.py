@@ -117,3 +117,12 @@ def test_models_cli_lists_and_shows_cards(tiny_model_dir, tmp_path, monkeypatch,
     assert card["crop"] == 32 and card["prf"]["t"] == [0.2, 0.4, 0.55]
     assert cli_main(["models", "info", "nope-model"]) == 5
     assert json.loads((tiny_model_dir / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"] == 1000
+
+
+def test_predict_x0_agrees_with_the_full_prediction(tiny_model_dir):
+    lm = load_model(tiny_model_dir)
+    den = lm.make_denoiser(torch.device("cpu"), torch.bfloat16)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    x0, eps = den(x, 250)
+    assert x0.dtype == eps.dtype == torch.float32
+    torch.testing.assert_close(den.predict_x0(x, 250), x0)

@@ -187,7 +187,7 @@ class Upscaler:
 
         def tiled(xt: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
             # blend the tiles' x0 predictions, then the eps consistent with the blend
-            (x0,) = apply_tiled(lambda crops: den(crops, t)[:1], xt, tile, overlap, batch)
+            (x0,) = apply_tiled(lambda crops: (den.predict_x0(crops, t),), xt, tile, overlap, batch)
             return x0, eps_from_x0(xt, x0, t, ac)
 
         out = sample_ddim(tiled, x_t, ts, ac, callback=callback)

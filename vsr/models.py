@@ -375,7 +375,7 @@ class ModelDenoiser:
         self.channels_last = not (self.device.type == "cpu" and dtype == torch.float32)
 
     def model_output(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
-        """The raw network output in pixel space, float32 (N, 3, H, W)."""
+        """The raw network output in pixel space (N, 3, H, W), in the model's dtype."""
         x = x_t.to(device=self.device, dtype=self.dtype)
         if self.r > 1:
             x = F.pixel_unshuffle(x, self.r)
@@ -386,19 +386,35 @@ class ModelDenoiser:
         out = getattr(out, "sample", out)
         if self.r > 1:
             out = F.pixel_shuffle(out, self.r)
-        return out.to(device=x_t.device, dtype=torch.float32)
+        return out.to(device=x_t.device)
+
+    def _coefs(self, t: int) -> tuple[float, float]:
+        a = float(self.alphas_cumprod[int(t)])
+        return a**0.5, (1.0 - a) ** 0.5
+
+    def predict_x0(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        """x0 prediction only, float32 (what the tiled engine blends); clipped per the card."""
+        sa, sb = self._coefs(t)
+        out = self.model_output(x_t, t)
+        x_t = x_t.float()  # mixed fp32/low-precision arithmetic promotes to fp32
+        if self.prediction_type == "epsilon":
+            x0 = torch.sub(x_t, out, alpha=sb).div_(sa)
+        elif self.prediction_type == "v_prediction":
+            x0 = torch.sub(x_t * sa, out, alpha=sb)
+        else:  # "sample"
+            x0 = out.float()
+        return x0.clamp_(-1.0, 1.0) if self.clip_x0 else x0
 
     def __call__(self, x_t: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        a = float(self.alphas_cumprod[int(t)])
-        sa, sb = a**0.5, (1.0 - a) ** 0.5
+        sa, sb = self._coefs(t)
         out = self.model_output(x_t, t)
         x_t = x_t.float()
         if self.prediction_type == "epsilon":
-            eps, x0 = out, torch.sub(x_t, out, alpha=sb).div_(sa)
+            eps, x0 = out.float(), torch.sub(x_t, out, alpha=sb).div_(sa)
         elif self.prediction_type == "v_prediction":
             x0, eps = torch.sub(x_t * sa, out, alpha=sb), torch.add(out * sa, x_t, alpha=sb)
         else:  # "sample"
-            x0, eps = out, torch.sub(x_t, out, alpha=sa).div_(max(sb, 1e-8))
+            x0, eps = out.float(), torch.sub(x_t, out, alpha=sa).div_(max(sb, 1e-8))
         if self.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
         return x0, eps
