@@ -5,7 +5,7 @@ lazy so `vsr --help` and light modules do not pay for torch/diffusers.
 """
 from __future__ import annotations
 
-__all__ = ["EngineConfig", "Upscaler"]
+__all__ = ["EngineConfig", "Upscaler", "upscale_video"]
 
 
 def __getattr__(name: str):
@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from vsr.config import EngineConfig
 
         return EngineConfig
+    if name == "upscale_video":
+        from vsr.transcode import upscale_video
+
+        return upscale_video
     raise AttributeError(f"module 'vsr' has no attribute {name!r}")
