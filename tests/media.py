@@ -68,6 +68,7 @@ def make_clip(
     color: str | None = "bt709",
     bframes: bool = True,
     pix_fmt: str | None = None,
+    attachment: bytes | None = None,
 ) -> Path:
     """Write a clip to `path` (container from its extension) and return the path.
 
@@ -76,6 +77,7 @@ def make_clip(
     rotation: display-matrix rotation in degrees counter-clockwise (as PyAV reads it).
     vfr: timestamps from `vfr_pts` in a 1/90000 time base (else 1/fps steps).
     pix_fmt: defaults to yuv420p (yuv420p10le for ten_bit); odd sizes need yuv444p.
+    attachment: bytes stored as an attached file "notes.txt" (Matroska only).
     color: "bt709" tags BT.709; "hdr10" makes a 10-bit BT.2020/PQ clip with mastering
     display and content light level SEI (`MASTER_DISPLAY`, `MAX_CLL`); None: untagged.
     """
@@ -122,6 +124,8 @@ def make_clip(
             sub = out.add_mux_stream("subrip" if path.suffix == ".mkv" else "mov_text")
             sub.time_base = Fraction(1, 1000)
             sub.metadata["language"] = "eng"
+        if attachment is not None:
+            out.add_attachment(name="notes.txt", mimetype="text/plain", data=attachment)
         if chapters:
             half = int(duration_s * 500)
             out.set_chapters(

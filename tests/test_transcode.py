@@ -39,7 +39,8 @@ def _times(path):
 
 
 def test_mkv_keeps_frames_timestamps_audio_subtitles_chapters(tmp_path, up):
-    src = make_clip(tmp_path / "in.mkv", audio=("aac", "libopus"), subtitles=True, chapters=True, vfr=True, frames=12)
+    src = make_clip(tmp_path / "in.mkv", audio=("aac", "libopus"), subtitles=True, chapters=True, vfr=True, frames=12,
+                    attachment=b"a font, say")
     seen = []
     result = upscale_video(src, tmp_path / "out.mkv", upscaler=up, segment_frames=5, progress=seen.append)
     out = tmp_path / "out.mkv"
@@ -52,6 +53,9 @@ def test_mkv_keeps_frames_timestamps_audio_subtitles_chapters(tmp_path, up):
         assert b.chapters() == a.chapters()
         assert b.metadata["title"] == "vsr test clip"
         assert [(s.type, s.language) for s in b.streams] == [(s.type, s.language) for s in a.streams]
+        assert [(s.metadata.get("filename"), s.data) for s in b.streams if s.type == "attachment"] == [
+            ("notes.txt", b"a font, say")
+        ]
     assert [d["frames_done"] for d in seen] == list(range(1, 13))
     assert not temp_dir_for(out).exists()
 

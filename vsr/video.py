@@ -550,6 +550,11 @@ def assemble(src: str | os.PathLike, info: VideoInfo, segments: list[Path], dst:
                 _configure(video_out.codec_context, fmt.settings, fmt.width, fmt.height, fmt.time_base, fmt.rate, fmt.colour, fmt.hdr)
                 video_out.time_base = fmt.time_base
                 ost = video_out
+            elif ist.type == "attachment" and out.format.name in ("matroska", "webm"):
+                # fonts and cover images of Matroska files: copied whole (they have no packets)
+                name = ist.metadata.get("filename") or f"attachment-{ist.index}"
+                out.add_attachment(name=name, mimetype=ist.mimetype or "application/octet-stream", data=ist.data)
+                continue
             else:
                 name = ist.codec_context.name if ist.codec_context else None
                 if ist.type not in ("audio", "subtitle", "video", "data") or name not in supported:
