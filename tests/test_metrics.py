@@ -207,3 +207,15 @@ def test_fit_niqe_command_writes_model_and_provenance(tmp_path, photo):
     assert prov["n_images"] == 2 and prov["patch_size"] == 96 and prov["sharpness_threshold"] == 0.75
     assert prov["n_patches"] == model.n_patches and "--corpus" in prov["command"]
     assert fit_main(["--corpus", str(tmp_path / "none"), "--out", str(out)]) == 3
+
+
+def test_shipped_niqe_model_ranks_degradations(photo):
+    # the model fitted on the corpus (vsr/assets/niqe_model.npz, provenance in its .json)
+    model = m.load_niqe_model()
+    assert model.patch_size == 96 and model.n_patches >= 100
+    assert np.all(np.linalg.eigvalsh(model.cov) > -1e-9)  # a covariance
+    clean = m.niqe(photo, model)
+    low_res = cv2.resize(cv2.resize(photo, (128, 128), interpolation=cv2.INTER_AREA), (512, 512),
+                         interpolation=cv2.INTER_CUBIC)
+    assert clean < m.niqe(_blur(photo, 2.0), model)
+    assert clean < m.niqe(low_res, model)
