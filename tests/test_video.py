@@ -150,3 +150,35 @@ def test_encoder_checks_are_codec_errors():
         fmt = video.StreamFormat(video.EncoderSettings(preset="no-such-preset"), 64, 48, Fraction(1, 24), None,
                                  video.Colour(), None, True)
         video.check_encoder_opens(fmt)
+
+
+def test_full_range_untagged_source_keeps_range_and_colours(tmp_path):
+    """An untagged full-range SD clip: decoded with BT.601 (the guess for < 720 lines) and
+    full range, re-encoded with the same, and the output is tagged so players agree."""
+    src = tmp_path / "full.mp4"
+    bars = np.zeros((32, 48, 3), np.uint8)
+    bars[:, 16:32], bars[:, 32:] = (255, 255, 255), (30, 200, 90)
+    with av.open(str(src), "w") as out:
+        vs = out.add_stream("libx264", rate=24)
+        vs.width, vs.height, vs.pix_fmt = 48, 32, "yuv420p"
+        vs.codec_context.color_range = 2
+        vs.codec_context.options = {"preset": "ultrafast", "crf": "8"}
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(bars, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace="ITU601", dst_color_range="JPEG")
+            f.pts = i
+            out.mux(vs.encode(f))
+        out.mux(vs.encode(None))
+    info = video.probe(src)
+    assert info.colour == video.Colour(primaries=2, transfer=2, matrix=6, range=2)
+    frames = list(video.decode(src, info))
+    np.testing.assert_allclose(frames[0].image[8, [4, 24, 40]], [[0, 0, 0], [255, 255, 255], [30, 200, 90]], atol=3)
+    fmt = video.StreamFormat(video.EncoderSettings(preset="ultrafast", crf=8), 48, 32, info.time_base, info.rate,
+                             info.colour, None, True)
+    with video.SegmentWriter(tmp_path / "s.vsrseg", fmt) as w:
+        for f in frames:
+            w.write(f)
+    video.assemble(src, info, [tmp_path / "s.vsrseg"], tmp_path / "out.mp4", fmt)
+    assert video.probe(tmp_path / "out.mp4").colour == info.colour
+    again = next(video.decode(tmp_path / "out.mp4")).image
+    np.testing.assert_allclose(again[8, [4, 24, 40]], [[0, 0, 0], [255, 255, 255], [30, 200, 90]], atol=4)
