@@ -133,6 +133,21 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, up):
     assert audio_packets(out) == audio_packets(tmp_path / "ref.mkv")
 
 
+def test_a_failing_encode_thread_stops_the_job_with_its_error(tmp_path, up):
+    import shutil
+
+    src = make_clip(tmp_path / "in.mkv", audio=(), frames=12)
+    out = tmp_path / "out.mkv"
+
+    def pull_the_rug(d: dict) -> None:
+        if d["frames_done"] == 3:
+            shutil.rmtree(temp_dir_for(out))  # the encode thread can no longer write its segments
+
+    with pytest.raises(OutputError, match="cannot write"):
+        upscale_video(src, out, upscaler=up, segment_frames=2, progress=pull_the_rug)
+    assert not out.exists()
+
+
 def test_existing_output_needs_overwrite(tmp_path, up):
     src = make_clip(tmp_path / "in.mp4", audio=(), frames=2)
     (tmp_path / "out.mp4").write_bytes(b"keep me")
