@@ -109,7 +109,11 @@ def _interrupt_after(n: int):
     return progress
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, up):
+@pytest.mark.parametrize("batch", [8, 36])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, up, batch):
+    """batch 36 = 3 frames of 12 tiles per model call: the resumed run (from frame 4)
+    groups frames differently from the uninterrupted one, and must still match it."""
+    up = up.with_config(batch=batch)
     src = make_clip(tmp_path / "in.mkv", audio=("aac",), frames=14)
     upscale_video(src, tmp_path / "ref.mkv", upscaler=up, segment_frames=4)
     out = tmp_path / "out.mkv"
