@@ -126,3 +126,10 @@ def test_predict_x0_agrees_with_the_full_prediction(tiny_model_dir):
     x0, eps = den(x, 250)
     assert x0.dtype == eps.dtype == torch.float32
     torch.testing.assert_close(den.predict_x0(x, 250), x0)
+
+
+def test_info_of_a_folder_without_card_reads_the_unet_config(tmp_path, capsys):
+    d = build_tiny_model_dir(tmp_path / "nocard", pixel_unshuffle=2, card=False)
+    assert cli_main(["models", "info", str(d)]) == 0
+    card = yaml.safe_load(capsys.readouterr().out.split("\n", 1)[1])
+    assert card["pixel_unshuffle"] == 2 and card["crop"] == 256

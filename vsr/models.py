@@ -155,8 +155,8 @@ def resolve_model(model: str | os.PathLike | None) -> tuple[str, Path | str, Pat
                 f"the weights of the shipped model '{name}' are missing (expected {weights}/unet and "
                 f"{weights}/scheduler): train them with 'vsr train prior' or pass --model FOLDER"
             )
-        card = shipped_card_path(name)
-        return "local", weights, card if card.is_file() else None
+        card = next((c for c in (shipped_card_path(name), weights / "model_card.yaml") if c.is_file()), None)
+        return "local", weights, card
     user_dir = user_models_dir()
     if user_dir is not None and (user_dir / name).is_dir():
         folder = user_dir / name
@@ -261,9 +261,9 @@ def _load_local(folder: Path, card_path: Path | None) -> LoadedModel:
     return _finish(net, json.loads(sched_file.read_text()), card, str(folder))
 
 
-def _default_card(name: str, net: torch.nn.Module) -> ModelCard:
+def _default_card(name: str, net: torch.nn.Module | None, in_channels: int | None = None) -> ModelCard:
     """The card of a model without one: the paper's PRF, pixel_unshuffle read off the UNet."""
-    in_ch = int(getattr(getattr(net, "config", None), "in_channels", 3))
+    in_ch = in_channels or int(getattr(getattr(net, "config", None), "in_channels", 3))
     r = round((in_ch / 3) ** 0.5)
     return ModelCard(name=name, pixel_unshuffle=r if 3 * r * r == in_ch else 1)
 
@@ -429,17 +429,21 @@ def add_cli(parser) -> None:
 
 
 def _card_for_info(name: str) -> tuple[ModelCard, str]:
-    if name in shipped_names():
-        weights = shipped_weights_dir(name)
-        state = "present" if _is_model_folder(weights) else "missing"
+    """The card `load_model(name)` would use, without loading weights; plus where it lives."""
+    if name in shipped_names() and not _is_model_folder(shipped_weights_dir(name)):
         path = shipped_card_path(name)
         card = ModelCard.from_yaml(path, name) if path.is_file() else ModelCard(name=name)
-        return card, f"{weights} (weights {state}{'' if path.is_file() else ', no card yet: defaults'})"
+        return card, f"{shipped_weights_dir(name)} (weights missing)"
     kind, location, card_path = resolve_model(name)
     if kind == "hub":
         return ModelCard(name=name.split("/")[-1]), f"hub id {location} (default card)"
-    card = ModelCard.from_yaml(card_path, Path(location).name) if card_path else ModelCard(name=Path(location).name)
-    return card, f"{location}{'' if card_path else ' (no model_card.yaml: defaults)'}"
+    folder = Path(location)
+    if card_path:
+        return ModelCard.from_yaml(card_path, folder.name), f"{folder} (card {card_path})"
+    unet_cfg = folder / "unet" / "config.json"
+    unet_cfg = unet_cfg if unet_cfg.is_file() else folder / "config.json"
+    in_ch = json.loads(unet_cfg.read_text()).get("in_channels", 3)
+    return _default_card(folder.name, None, in_ch), f"{folder} (no model card: defaults)"
 
 
 def run_cli(args) -> int:
