@@ -156,3 +156,13 @@ def test_auto_device_and_dtype_run(tiny_model_dir):
     out = u(_image(16, 16))
     assert out.shape == (32, 32, 3)
     assert u.denoiser().dtype in (torch.bfloat16, torch.float32)
+
+
+def test_frames_sharing_a_model_call_match_frames_run_alone(up):
+    frames = [Frame(_image(16, 16, seed=i), index=i) for i in range(5)]
+    assert up.tiles_per_frame(32, 32) == 1  # so a group of up to 8 frames shares one call
+    alone = [up(f).image for f in frames]
+    together = [o.image for o in up.stream(frames)]
+    for a, b in zip(alone, together):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    assert not np.array_equal(together[0], together[1])
