@@ -9,7 +9,7 @@ import pytest
 
 from tests.media import MASTER_DISPLAY, MAX_CLL, audio_packets, make_clip, vfr_pts
 from vsr import video
-from vsr.errors import CodecError, InputError
+from vsr.errors import CodecError, InputError, OutputError
 
 
 def test_probe_describes_streams_colour_and_timing(tmp_path):
@@ -182,3 +182,13 @@ def test_full_range_untagged_source_keeps_range_and_colours(tmp_path):
     assert video.probe(tmp_path / "out.mp4").colour == info.colour
     again = next(video.decode(tmp_path / "out.mp4")).image
     np.testing.assert_allclose(again[8, [4, 24, 40]], [[0, 0, 0], [255, 255, 255], [30, 200, 90]], atol=4)
+
+
+def test_check_output_fails_early_for_a_container_that_cannot_take_a_stream(tmp_path):
+    src = make_clip(tmp_path / "in.mkv", audio=("libopus",), frames=2)
+    info = video.probe(src)
+    fmt = video.StreamFormat(video.EncoderSettings(), 96, 64, info.time_base, info.rate, info.colour, None, True)
+    assert video.check_output(src, info, fmt, tmp_path / "out.mkv") == []
+    with pytest.raises(OutputError, match="try OUT.mkv"):
+        video.check_output(src, info, fmt, tmp_path / "out.mov")  # Opus in QuickTime is experimental
+    assert not (tmp_path / "out.mov").exists()

@@ -449,6 +449,7 @@ def upscale_video(
         global_header=video.needs_global_header(dst),
     )
     video.check_encoder_opens(fmt)
+    video.check_output(src, info, fmt, dst)
     if segment_frames is None:
         segment_frames = max(1, round(SEGMENT_SECONDS * float(info.rate))) if info.rate else 100
     if segment_frames < 1:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import io
 import logging
 import os
 import struct
@@ -27,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -118,6 +120,8 @@ def route_ffmpeg_logs(verbose: bool) -> None:
     else silence them: the CLI promises one line on stderr per error, and every FFmpeg
     failure vsr cares about comes back as an exception it turns into that line."""
     av.logging.set_level(av.logging.VERBOSE if verbose else av.logging.PANIC)
+    if not verbose:  # SVT-AV1 logs to stderr by itself; its level comes from the environment
+        os.environ.setdefault("SVT_LOG", "1")
 
 
 # ---------------------------------------------------------------------------- reading
@@ -307,6 +311,8 @@ class EncoderSettings:
                 parts.append("hdr10=1")
             if parts:
                 opts[key] = ":".join(parts)
+        if self.codec == "libx265":  # x265 prints its own statistics to stderr otherwise
+            opts["x265-params"] = ":".join(filter(None, ["log-level=error", opts.get("x265-params")]))
         for k, v in self.options:
             if k in opts and k.endswith("-params"):
                 opts[k] = f"{opts[k]}:{v}"
@@ -527,23 +533,30 @@ def read_segment(path: str | os.PathLike) -> Iterator[tuple[int | None, int | No
 _REGENERATED = {"major_brand", "minor_version", "compatible_brands", "encoder", "duration"}
 
 
-def assemble(src: str | os.PathLike, info: VideoInfo, segments: list[Path], dst: str | os.PathLike, fmt: StreamFormat) -> list[str]:
-    """Write `dst`: the segments' video plus every other stream of `src` copied packet for
-    packet (payloads untouched; only packets of size 0 are skipped), container and stream
-    metadata, dispositions and chapters. Streams the output container cannot hold are
-    left out with a warning; the returned list names them."""
+@dataclass
+class _Output:
+    """An output container with its header written: where each source stream went."""
+
+    container: av.container.OutputContainer
+    video: av.stream.Stream
+    copies: dict[int, av.stream.Stream]
+    dropped: list[str]
+
+
+def _start_output(inp: av.container.InputContainer, info: VideoInfo, fmt: StreamFormat, target: Any,
+                  name: str, *, warn: bool) -> _Output:
+    """Open `target` (a path or a file object) as the container for `name`, declare the
+    new video stream and the copies of the others (metadata, dispositions, chapters) and
+    write the header. Streams the container cannot hold are left out with a warning."""
+    out = av.open(target, "w", format=_output_format(name).name)
     dropped: list[str] = []
+    copies: dict[int, av.stream.Stream] = {}
+    video_out = None
     try:
-        out = av.open(str(dst), "w", format=_output_format(dst).name)
-    except av.FFmpegError as exc:
-        raise OutputError(f"cannot write {dst}: {_reason(exc)}") from exc
-    with _open_input(src) as inp, out:
         for k, v in inp.metadata.items():
             if k.lower() not in _REGENERATED:
                 out.metadata[k] = v
         supported = out.supported_codecs
-        copies: dict[int, av.stream.Stream] = {}
-        video_out = None
         for ist in inp.streams:
             if ist.index == info.video_index:
                 video_out = out.add_stream(fmt.settings.codec, rate=fmt.rate)
@@ -552,14 +565,15 @@ def assemble(src: str | os.PathLike, info: VideoInfo, segments: list[Path], dst:
                 ost = video_out
             elif ist.type == "attachment" and out.format.name in ("matroska", "webm"):
                 # fonts and cover images of Matroska files: copied whole (they have no packets)
-                name = ist.metadata.get("filename") or f"attachment-{ist.index}"
-                out.add_attachment(name=name, mimetype=ist.mimetype or "application/octet-stream", data=ist.data)
+                fname = ist.metadata.get("filename") or f"attachment-{ist.index}"
+                out.add_attachment(name=fname, mimetype=ist.mimetype or "application/octet-stream", data=ist.data)
                 continue
             else:
-                name = ist.codec_context.name if ist.codec_context else None
-                if ist.type not in ("audio", "subtitle", "video", "data") or name not in supported:
-                    what = f"stream {ist.index} ({ist.type} {name or '?'})"
-                    log.warning("%s cannot be stored in %s and is left out", what, Path(dst).suffix or "this container")
+                codec = ist.codec_context.name if ist.codec_context else None
+                if ist.type not in ("audio", "subtitle", "video", "data") or codec not in supported:
+                    what = f"stream {ist.index} ({ist.type} {codec or '?'})"
+                    if warn:
+                        log.warning("%s cannot be stored in %s and is left out", what, Path(name).suffix or "this container")
                     dropped.append(what)
                     continue
                 ost = out.add_stream_from_template(ist)
@@ -575,10 +589,37 @@ def assemble(src: str | os.PathLike, info: VideoInfo, segments: list[Path], dst:
         chapters = inp.chapters()
         if chapters:
             out.set_chapters(chapters)
+        out.start_encoding()
+    except av.FFmpegError as exc:
+        out.close()
+        raise OutputError(
+            f"cannot write a {Path(name).suffix} file from this input ({_reason(exc)}): a copied stream may not fit "
+            "this container, try OUT.mkv"
+        ) from exc
+    return _Output(out, video_out, copies, dropped)
+
+
+def check_output(src: str | os.PathLike, info: VideoInfo, fmt: StreamFormat, dst: str | os.PathLike) -> list[str]:
+    """Write `dst`'s header into memory, so a container that cannot take the streams fails
+    before the upscaling, not after it. Warns about (and returns) the streams that would
+    be left out; `assemble` then leaves them out quietly."""
+    with _open_input(src) as inp:
+        o = _start_output(inp, info, fmt, io.BytesIO(), str(dst), warn=True)
+        o.container.close()
+        return o.dropped
+
+
+def assemble(src: str | os.PathLike, info: VideoInfo, segments: list[Path], dst: str | os.PathLike, fmt: StreamFormat) -> list[str]:
+    """Write `dst`: the segments' video plus every other stream of `src` copied packet for
+    packet (payloads untouched; only packets of size 0 are skipped), container and stream
+    metadata, dispositions, attachments and chapters. Streams the output container cannot
+    hold are left out with a warning; the returned list names them."""
+    with _open_input(src) as inp:
         try:
-            out.start_encoding()
-        except av.FFmpegError as exc:
-            raise OutputError(f"cannot write the {Path(dst).suffix} header: {_reason(exc)}") from exc
+            o = _start_output(inp, info, fmt, str(dst), str(dst), warn=False)
+        except OSError as exc:
+            raise OutputError(f"cannot write {dst}: {exc.strerror}") from exc
+        out, video_out, copies, dropped = o.container, o.video, o.copies, o.dropped
 
         def video_packets() -> Iterator[tuple[float, int, av.Packet, av.stream.Stream]]:
             last_dts = None
@@ -613,9 +654,12 @@ def assemble(src: str | os.PathLike, info: VideoInfo, segments: list[Path], dst:
                 pkt.stream = ost
                 out.mux(pkt)
                 n += 1
+            out.close()  # writes the trailer (the MP4 index)
         except av.FFmpegError as exc:
             raise OutputError(f"cannot write {dst}: {_reason(exc)}") from exc
         except OSError as exc:
             raise OutputError(f"cannot write {dst}: {exc.strerror} (disk full?)") from exc
+        finally:
+            out.close()
         log.debug("muxed %d packets into %s", n, dst)
     return dropped
