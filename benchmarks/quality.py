@@ -328,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per method")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other methods' rows of an earlier quality.json in --out (same clips/frames)")
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(run_worker(json.loads(args.worker))))
@@ -357,9 +359,20 @@ def main(argv: list[str] | None = None) -> int:
             notes += [f"{method} {r['scale']}x: skipped ({r['skipped']})" for r in res["runs"] if "skipped" in r]
             rows += score(res, clips, Path(spec["out"]), niqe_model)
             log.info("%s done in %.0f s", method, time.perf_counter() - t0)
+    command = "python -m benchmarks.quality " + " ".join(sys.argv[1:] if argv is None else argv)
+    commands = [command]
+    earlier = args.out / "quality.json"
+    if args.merge and earlier.is_file():
+        old = json.loads(earlier.read_text())
+        if old.get("frames") == args.frames and set(old.get("clips", {})) == set(clips):
+            rows = [r for r in old["rows"] if r["method"] not in args.methods] + rows
+            notes = [n for n in old.get("notes", []) if n.split()[0].rstrip(":") not in args.methods] + notes
+            commands = old.get("commands", [old["command"]] if "command" in old else []) + commands
+        else:
+            log.warning("%s has other clips or frame counts: not merged", earlier)
     avg = average_over_clips(rows)
     args.out.mkdir(parents=True, exist_ok=True)
-    doc = {"command": "python -m benchmarks.quality " + " ".join(sys.argv[1:] if argv is None else argv),
+    doc = {"commands": commands,
            "clips": {k: asdict(CLIPS[k]) for k in clips}, "frames": args.frames, "rows": rows, "average": avg,
            "notes": notes, "niqe": niqe_model is not None, "seconds": round(time.perf_counter() - t_start)}
     (args.out / "quality.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")

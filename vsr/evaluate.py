@@ -104,6 +104,7 @@ def evaluate_frames(
     prev_out = prev_guide = None
     for i, (out, other) in enumerate(pairs):
         row: dict[str, float] = {"frame": i}
+        y_out = None
         if references is not None:
             if out.shape != other.shape:
                 raise InputError(
@@ -117,7 +118,7 @@ def evaluate_frames(
             row["gmsd"] = metrics.gmsd(y_out, y_ref, crop_border)
         if niqe_model is not None:
             try:
-                row["niqe"] = metrics.niqe(out, niqe_model, crop_border)
+                row["niqe"] = metrics.niqe(out if y_out is None else y_out, niqe_model, crop_border)
             except ValueError as exc:
                 raise InputError(f"{exc}; evaluate without NIQE (--no-niqe)") from None
         if temporal:

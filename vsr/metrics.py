@@ -1,7 +1,8 @@
 """Image and video quality metrics that can be computed here, without pretrained networks.
 
 Every function is pure numpy/OpenCV and takes frames as HxWx3 RGB arrays: uint8 (0..255),
-uint16 (0..65535) or float in [0, 1]. Full-reference scores follow the super-resolution
+uint16 (0..65535) or float in [0, 1]; the luma-based scores (PSNR, SSIM, MS-SSIM, GMSD,
+NIQE) also take an HxW luma array from `luma`, so a caller converts once. Full-reference scores follow the super-resolution
 convention: they are computed on BT.601 luma ``Y = 16 + (65.481 R + 128.553 G + 24.966 B)``
 with R, G, B in [0, 1] (so Y is in [16, 235] on a 0..255 scale, not rounded), with an
 optional border crop, because that is how published SR tables are made and so our numbers
