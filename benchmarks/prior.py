@@ -52,11 +52,35 @@ def scores(outs: list[np.ndarray], refs: list[np.ndarray]) -> dict[str, float]:
     }
 
 
+def held_out(corpus: str, model: str | None) -> list[Path]:
+    """The corpus's validation images minus any the model was trained on.
+
+    A model folder may carry `training_corpus_manifest.json` (the manifest of the corpus
+    build it was trained on); a validation image listed there as training data is left
+    out, so a rebuilt corpus with a changed validation list never flatters the model.
+    """
+    from vsr.models import resolve_model
+
+    val = sorted((Path(corpus) / "images" / "val").glob("*.png"))
+    _, location, _ = resolve_model(model)
+    manifest = Path(location) / "training_corpus_manifest.json" if not isinstance(location, str) else None
+    if manifest is None or not manifest.exists():
+        return val
+    seen = {Path(e["file"]).name for e in json.loads(manifest.read_text())["images"] if e["split"] == "train"}
+    return [p for p in val if p.name not in seen]
+
+
 def run(model: str | None, corpus: str, crop: int, steps: int, scales: list[float], grid=GRID) -> dict:
-    hr = load_crops(Path(corpus) / "images" / "val", crop, max_images=64)
+    import tempfile
+
+    images = held_out(corpus, model)
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in images:
+            (Path(tmp) / p.name).symlink_to(p.resolve())
+        hr = load_crops(tmp, crop, max_images=64)
     refs = to_u8(hr)
     up = Upscaler.from_pretrained(model, steps=steps)
-    results: dict = {"images": len(refs), "crop": crop, "steps": steps, "scales": {}}
+    results: dict = {"images": len(refs), "names": [p.stem for p in images], "crop": crop, "steps": steps, "scales": {}}
     for s in scales:
         lr = resize(hr, round(crop / s), round(crop / s))
         rows = {"bicubic": scores(to_u8(resize(lr, crop, crop)), refs)}
@@ -82,6 +106,7 @@ def run(model: str | None, corpus: str, crop: int, steps: int, scales: list[floa
 
 
 def print_table(results: dict) -> None:
+    print("held-out:", ", ".join(results["names"]))
     print(f"held-out images: {results['images']} centre crops of {results['crop']}px, DDIM steps {results['steps']}")
     for s, block in results["scales"].items():
         print(f"\nscale {s}x")
