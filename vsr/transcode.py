@@ -58,7 +58,8 @@ Progress = Callable[[dict], None]
 @dataclass(frozen=True)
 class Result:
     """What `upscale_video` did. frames: frames in OUT; resumed_frames: of those, how many
-    came from an interrupted run's segments; fps: frames this run upscaled per second."""
+    came from an interrupted run's segments; seconds: the whole call (probe, model load,
+    upscaling, muxing); fps: frames this run upscaled divided by `seconds`."""
 
     output: Path
     frames: int
@@ -107,6 +108,20 @@ def _fsync_append(path: Path, record: dict) -> None:
         f.write(json.dumps(record, sort_keys=True) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _segment_name(k: int) -> str:
@@ -469,6 +484,11 @@ def upscale_video(
     header = json.loads(json.dumps(header, default=str))  # tuples -> lists, as read back
     folder = temp_dir_for(dst)
     state = _open_journal(folder, header, resume=resume, overwrite=overwrite)
+    log.info(
+        "%s: %dx%d -> %dx%d, about %s frames, %s %s, segments of %d frames%s",
+        src.name, width, height, *plan.out, info.frames or "?", settings.codec, settings.pix_fmt, segment_frames,
+        f", resuming after frame {state.frames}" if state.frames else "",
+    )
     resumed = state.frames
     frames = resumed
     if not state.done:
@@ -483,11 +503,7 @@ def upscale_video(
     dropped = video.assemble(src, info, segments, staged, fmt)
     try:
         os.replace(staged, dst)
-        dir_fd = os.open(dst.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(dst.parent)
     except OSError as exc:
         raise OutputError(f"cannot move the finished file onto {dst}: {exc.strerror}") from exc
     shutil.rmtree(folder, ignore_errors=True)
