@@ -74,6 +74,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     num_threads: int = 0  # 0 = torch's default
+    init_from: str | None = None  # a diffusers model folder (unet/) to start from, e.g. an earlier export
     # bookkeeping
     checkpoint_every: int = 250
     val_every: int = 500
@@ -335,6 +336,8 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.unet = build_unet(cfg).to(self.device)
+        if cfg.init_from:
+            self._load_init(cfg.init_from)
         self.scheduler = build_scheduler(cfg)
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = EMAModel(self.unet.parameters(), decay=cfg.ema_decay)
@@ -344,6 +347,16 @@ class Trainer:
         self.history: list[dict] = []
         self.train_images = train_images
         self.val = val_crops(val_images, cfg.val_crop) if val_images else None
+
+    def _load_init(self, folder: str) -> None:
+        """Start from exported weights (a new phase: fresh optimiser, warm-up, EMA of these)."""
+        from diffusers import UNet2DModel
+
+        unet_dir = Path(folder) / "unet"
+        if not unet_dir.is_dir():
+            raise InputError(f"init_from: no unet/ folder in {folder}")
+        state = UNet2DModel.from_pretrained(unet_dir).state_dict()
+        self.unet.load_state_dict({k: v.float() for k, v in state.items()})
 
     def state_dict(self) -> dict:
         return {

@@ -92,3 +92,15 @@ def test_shipped_architecture_meets_the_compute_budget():
     cfg = tp.TrainConfig()
     macs = tp.count_macs(tp.build_unet(cfg), cfg, 256)
     assert macs <= 6e9
+
+
+def test_init_from_an_export_starts_a_new_phase_with_those_weights(tiny_corpus, tmp_path):
+    cfg = tiny_cfg(tiny_corpus, tmp_path / "e", steps=2)
+    first = tp.train(cfg, progress=False)
+    out = tp.export(tmp_path / "e" / "last.pt", tmp_path / "phase1", dtype=torch.float32)
+    second = tp.Trainer(tiny_cfg(tiny_corpus, tmp_path / "f", init_from=str(out)), first.train_images, None)
+    first.ema.copy_to(first.unet.parameters())
+    assert torch.equal(_params(first), _params(second))
+    assert second.step == 0
+    with pytest.raises(Exception, match="no unet/ folder"):
+        tp.Trainer(tiny_cfg(tiny_corpus, tmp_path / "g", init_from=str(tmp_path)), first.train_images, None)
