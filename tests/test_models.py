@@ -55,7 +55,8 @@ def test_missing_models_are_clear_errors(tmp_path, monkeypatch):
 
 def test_card_round_trip_and_validation(tmp_path):
     card = ModelCard(name="x", crop=64, pixel_unshuffle=4, extra={"notes": "kept"})
-    card.save(tmp_path / "c.yaml")
+    card.save(tmp_path / "c.yaml", header="made by a test")
+    assert (tmp_path / "c.yaml").read_text().startswith("# made by a test\n")
     again = ModelCard.from_yaml(tmp_path / "c.yaml")
     assert again == card and again.extra == {"notes": "kept"}
     with pytest.raises(ModelError, match="prf"):

@@ -232,7 +232,7 @@ def run_cli(args) -> int:
     elif kind == "local" and args.write:
         target = shipped_card_path(DEFAULT_MODEL if args.model is None else str(args.model))
     if target is not None:
-        new_card.save(target)
+        new_card.save(target, header=f"Model card of {new_card.name}; prf measured by `vsr calibrate` (see calibration:).")
         print(f"PRF curve {list(scales)} -> {new_card.prf_t} written to {target}")
     else:
         print(f"PRF curve {list(scales)} -> {new_card.prf_t} (not written: pass --write for a shipped model)")

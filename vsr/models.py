@@ -106,8 +106,10 @@ class ModelCard:
         out.update(self.extra)
         return out
 
-    def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+    def save(self, path: str | os.PathLike, header: str | None = None) -> None:
+        """Write the card as YAML, with an optional comment header (e.g. provenance)."""
+        head = "".join(f"# {line}\n" for line in header.splitlines()) if header else ""
+        Path(path).write_text(head + yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def with_prf(self, scales: tuple[float, ...], levels: tuple[float, ...], **extra: Any) -> "ModelCard":
         return dataclasses.replace(self, prf_scales=tuple(scales), prf_t=tuple(levels), extra={**self.extra, **extra})
