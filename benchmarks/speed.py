@@ -2,9 +2,8 @@
 
     python -m benchmarks.speed [--scale 2] [--steps 2] [--model PATH] [--out benchmarks/results]
 
-1. Test clip: ``tree.avi`` (320x240, 68 frames, Debian opencv-doc) downscaled to 160x120
-   by `vsr.transcode.upscale_video` itself with a resizing stand-in for the engine, so the
-   clip is a real H.264 file made by vsr's own I/O.
+1. Test clip: the first 24 frames of ``tree.avi`` (320x240, Debian opencv-doc) downscaled
+   to 160x120 (MJPEG, written with OpenCV as a fixture), or --source.
 2. End to end: `upscale_video` on that clip with the real engine wrapped in a timer that
    splits the engine thread's wall time into *busy* (inside ``Upscaler.stream``), *waiting
    for decode* (the input queue was empty) and *waiting for encode* (the output queue was
@@ -40,7 +39,7 @@ log = logging.getLogger(__name__)
 class Resizer:
     """A stand-in engine for `upscale_video`: OpenCV resize to the planned size.
 
-    Used to make the low-res test clip (INTER_AREA) and as the I/O-only floor (bicubic).
+    The I/O-only floor: the same pipeline with a nearly free engine.
     """
 
     def __init__(self, interpolation: int, size: tuple[int, int] | None = None):
@@ -99,13 +98,20 @@ class TimedEngine:
             st["wait_out"] += time.perf_counter() - t
 
 
-def make_lr_clip(dst: Path, width: int = 160, height: int = 120) -> Path:
-    """tree.avi downscaled to width x height (H.264), once."""
-    from vsr.transcode import upscale_video  # noqa: PLC0415
+def make_clip(dst: Path, width: int = 160, height: int = 120, frames: int = 24) -> Path:
+    """The first `frames` frames of tree.avi (320x240, Debian opencv-doc) downscaled to
+    width x height (INTER_AREA), written once as lossless-ish MJPEG with OpenCV: a fixture
+    file, not vsr output, so it does not go through vsr.video's encoder."""
+    if dst.is_file():
+        return dst
+    from vsr.video import decode  # noqa: PLC0415
 
-    if not dst.is_file():
-        src = source_path("megamind").parent / "tree.avi"
-        upscale_video(src, dst, upscaler=Resizer(cv2.INTER_AREA), size=(width, height), crf=12, overwrite=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*"MJPG"), 25, (width, height))
+    for f, _ in zip(decode(source_path("megamind").parent / "tree.avi"), range(frames)):
+        small = cv2.resize(f.image, (width, height), interpolation=cv2.INTER_AREA)
+        writer.write(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    writer.release()
     return dst
 
 
@@ -153,16 +159,59 @@ def engine_breakdown(up, frames: list[np.ndarray]) -> dict[str, float]:
     }
 
 
+def metric_timings(width: int = 1920, height: int = 1080, repeat: int = 3) -> dict[str, float]:
+    """Milliseconds per frame of each vsr.metrics function on a 1080p photograph pair
+    (skimage's astronaut resized, and its blurred copy); flow = the two DIS calls plus
+    the forward-backward check of one consecutive pair."""
+    from skimage import data  # noqa: PLC0415
+
+    from vsr import metrics  # noqa: PLC0415
+
+    a = cv2.resize(data.astronaut(), (width, height), interpolation=cv2.INTER_CUBIC)
+    b = cv2.GaussianBlur(a, (0, 0), 1.0)
+    try:
+        model = metrics.load_niqe_model()
+    except OSError:
+        model = metrics.fit_niqe([data.coffee(), data.chelsea(), data.rocket()])
+    flow, valid = metrics.consistent_flow(a, b)
+    static = metrics.static_mask_from_guide(a, b)
+    calls = {
+        "luma": lambda: metrics.luma(a),
+        "psnr": lambda: metrics.psnr(b, a),
+        "ssim": lambda: metrics.ssim(b, a),
+        "ms_ssim": lambda: metrics.ms_ssim(b, a),
+        "gmsd": lambda: metrics.gmsd(b, a),
+        "niqe": lambda: metrics.niqe(b, model),
+        "flow (DIS fwd+bwd, occlusion)": lambda: metrics.consistent_flow(a, b),
+        "warping_error_pair": lambda: metrics.warping_error_pair(a, b, flow, valid),
+        "flicker_pair": lambda: metrics.flicker_pair(a, b, static),
+    }
+    out = {}
+    for name, fn in calls.items():
+        fn()
+        out[name] = 1000 * _time(fn, repeat)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=2.0)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--model", default=None, help="vsr model (default: the shipped prior)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--source", type=Path, default=None, help="clip to upscale (default: 24 frames of tree.avi at 160x120)")
     parser.add_argument("--frames", type=int, default=8, help="frames for the serial stage timings")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--metrics", action="store_true", help="only time the metrics on a 1080p pair")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.metrics:
+        timings = metric_timings()
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "metrics_speed.json").write_text(json.dumps(timings, indent=1) + "\n")
+        print("| metric | ms per 1080p frame |\n|---|---|")
+        print("\n".join(f"| {k} | {v:.0f} |" for k, v in timings.items()))
+        return 0
 
     import torch  # noqa: PLC0415
 
@@ -171,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     from vsr.transcode import upscale_video  # noqa: PLC0415
 
     torch.set_num_threads(args.threads)
-    clip = make_lr_clip(CACHE.resolve() / "speed" / "tree-160x120.mp4")
+    clip = args.source or make_clip(CACHE.resolve() / "speed" / "tree-160x120-24f.avi")
     info = video.probe(clip)
     n_total = sum(1 for _ in video.decode(clip))
     up = Upscaler.from_pretrained(args.model, scale=args.scale, steps=args.steps, device="cpu", dtype="float32")
@@ -193,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     oh, ow = up.output_size(h, w)
     doc = {
         "command": "python -m benchmarks.speed " + " ".join(sys.argv[1:] if argv is None else argv),
-        "clip": f"tree.avi downscaled to {w}x{h}, {n_total} frames -> {ow}x{oh}",
+        "clip": f"{clip.name} {w}x{h}, {n_total} frames -> {ow}x{oh}",
         "threads": args.threads,
         "end_to_end": {
             "wall_s": wall,
