@@ -196,13 +196,20 @@ def test_cli_ctrl_c_and_kill_9_then_resume_equals_uninterrupted(tmp_path, tiny_m
     journal = temp_dir_for(out) / JOURNAL
     assert main(["upscale", str(src), str(ref), *opts]) == 0
     # 1. Ctrl-C once the first segment is journalled: exit 130, one line, journal kept, no OUT
+    returned = threading.Event()
+
     def interrupt() -> None:
-        while not (journal.exists() and '"segment"' in journal.read_text()):
+        while not (journal.exists() and '"segment"' in journal.read_text()) and not returned.is_set():
             time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGINT)
+        if not returned.is_set():  # never signal pytest itself once the run is over
+            os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt, daemon=True).start()
-    assert main(["upscale", str(src), str(out), *opts]) == EXIT_INTERRUPTED
+    try:
+        rc = main(["upscale", str(src), str(out), *opts])
+    finally:
+        returned.set()
+    assert rc == EXIT_INTERRUPTED
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1] == "vsr: interrupted (rerun with --resume to continue)" and not out.exists()
     done = sum('"segment"' in x for x in journal.read_text().splitlines())
