@@ -25,7 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported (start-up stays fast: torch and
+    diffusers load only for the commands that need them)."""
     parser = argparse.ArgumentParser(
         prog="vsr",
         description="Video super-resolution with pre-trained diffusion models "
@@ -35,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if name != command:
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:  # optional pieces (e.g. training deps) missing
@@ -54,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        parser = build_parser()
+        command = next((a for a in argv if not a.startswith("-")), None)
+        parser = build_parser(command if command in COMMANDS else None)
         args = parser.parse_args(argv)
         if getattr(args, "_missing", None):
             raise VsrError(args._missing, EXIT_USAGE)
