@@ -10,6 +10,7 @@ same cost, meaningless pictures.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import time
@@ -53,30 +54,32 @@ def stand_in_folder(tmp: Path) -> Path:
     return folder
 
 
-def ms_per_tile(up: Upscaler, dtype: str, batch: int, repeats: int) -> float:
+def ms_per_tile(up: Upscaler, dtype: str, batch: int, repeats: int) -> tuple[float, float]:
+    """(wall ms, CPU ms) per tile; CPU time is steadier than wall time on a shared machine."""
     den = up.with_config(dtype=dtype).denoiser()
     x = torch.rand(batch, 3, up.tile, up.tile) * 2 - 1
     with torch.inference_mode():
         den(x, 200)  # warm-up (oneDNN picks its kernels)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(repeats):
             den(x, 200)
-    return (time.perf_counter() - t0) / (repeats * batch) * 1000
+    n = repeats * batch
+    return (time.perf_counter() - t0) / n * 1000, (time.process_time() - c0) / n * 1000
 
 
-def frame_seconds(up: Upscaler, steps: int, frame: np.ndarray) -> tuple[float, float]:
-    """(seconds for one 1080p output frame, share of it outside the UNet)."""
+def frame_seconds(up: Upscaler, steps: int, frame: np.ndarray) -> tuple[float, float, float]:
+    """(wall seconds for one 1080p output frame, CPU seconds, share of wall time outside the UNet)."""
     u = up.with_config(steps=steps, size=(1920, 1080), noise_level=0.2)
     den = u.denoiser()
     timed = TimedNet(den.net)
     den.net = timed
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         u(frame)
-        total = time.perf_counter() - t0
+        total, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         den.net = timed.net
-    return total, 1 - timed.seconds / total
+    return total, cpu, 1 - timed.seconds / total
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,25 +93,27 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     with tempfile.TemporaryDirectory() as tmp:
         model = str(stand_in_folder(Path(tmp))) if args.stand_in else args.model
         up = Upscaler.from_pretrained(model, config=EngineConfig(batch=args.batch, device="cpu"))
         n_params = sum(p.numel() for p in up.model.net.parameters())
         print(f"model: {up.model.card.name} ({n_params / 1e6:.1f}M params, tile {up.tile}, "
               f"pixel_unshuffle {up.model.card.pixel_unshuffle}){' [stand-in: random weights]' if args.stand_in else ''}")
-        print(f"cpu: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads, bf16 native: {cpu_supports_bf16()}")
+        print(f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (load average {load:.1f}), "
+              f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 native: {cpu_supports_bf16()}")
         auto = up.denoiser().dtype
         print(f"auto dtype on this CPU: {auto}")
         for dt in ("float32", "bfloat16"):
-            print(f"ms per {up.tile}x{up.tile} tile, {dt:>8}: {ms_per_tile(up, dt, args.batch, args.repeats):8.1f}")
+            wall, cpu = ms_per_tile(up, dt, args.batch, args.repeats)
+            print(f"ms per {up.tile}x{up.tile} tile, {dt:>8}: {wall:8.1f} wall, {cpu:8.1f} CPU")
         tiles = up.tiles_per_frame(1080, 1920)
         print(f"tiles per 1080p frame (overlap {up.overlap}): {tiles}")
         frame = (np.random.default_rng(0).random((540, 960, 3)) * 255).astype(np.uint8)
         frame_seconds(up, 1, frame)  # warm-up: the blend plan for 1080p is cached per frame size
         for steps in args.steps:
-            sec, outside = frame_seconds(up, steps, frame)
-            print(f"1080p frame, {steps} step(s), {auto}: {sec:7.2f} s   outside the model: {outside:6.1%}")
+            sec, cpu, outside = frame_seconds(up, steps, frame)
+            print(f"1080p frame, {steps} step(s), {auto}: {sec:7.2f} s wall, {cpu:7.2f} s CPU, outside the model: {outside:6.1%}")
     return 0
 
 

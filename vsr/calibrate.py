@@ -171,8 +171,11 @@ def plot(results: list[ScaleResult], settings: dict, out: Path) -> bool:
         ax.plot(r.grid, [settings["w"] * f for f in r.fid], "s-", label="fidelity w*L_F")
         ax.axhline(settings["c_s"], color="C0", ls=":", lw=1)
         ax.axhline(settings["c_f"], color="C1", ls=":", lw=1)
-        if r.field:
-            ax.axvspan(r.field[0], r.field[1], color="green", alpha=0.15, label="PRF")
+        if r.field:  # shade half a grid step either side, so a one-point field shows
+            i, j = r.grid.index(r.field[0]), r.grid.index(r.field[1])
+            lo = r.field[0] - ((r.grid[i] - r.grid[i - 1]) / 2 if i > 0 else 0)
+            hi = r.field[1] + ((r.grid[j + 1] - r.grid[j]) / 2 if j + 1 < len(r.grid) else 0)
+            ax.axvspan(lo, hi, color="green", alpha=0.15, label="PRF")
         ax.axvline(r.t_star, color="k", ls="--", lw=1)
         ax.set_title(f"{r.scale:g}x: t* = {r.t_star:.2f}")
         ax.set_xlabel("noise level t/T")
