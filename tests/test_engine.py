@@ -166,3 +166,23 @@ def test_frames_sharing_a_model_call_match_frames_run_alone(up):
     for a, b in zip(alone, together):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
     assert not np.array_equal(together[0], together[1])
+
+
+@pytest.mark.slow
+def test_shipped_prior_upscales_a_photo_keeping_its_content():
+    from vsr.models import shipped_weights_dir
+
+    if not (shipped_weights_dir("vsr-prior-s") / "unet").is_dir():
+        pytest.skip("the shipped prior's weights are not in vsr/weights/vsr-prior-s")
+    skdata = pytest.importorskip("skimage.data")
+    hr = skdata.astronaut()[96:224, 176:304]  # 128x128 of the face
+    lr = torch.from_numpy(hr).permute(2, 0, 1)[None].float() / 255
+    from vsr.engine import resize
+
+    lr_img = (resize(lr, 64, 64)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    up = Upscaler.from_pretrained(scale=2.0, tile=128, overlap=32)
+    assert up.model.card.name == "vsr-prior-s" and up.timesteps_for(2.0)[0] < 200
+    out = up(lr_img)
+    assert out.shape == (128, 128, 3)
+    mse = np.mean((out.astype(float) - hr.astype(float)) ** 2)
+    assert 10 * np.log10(255**2 / mse) > 25  # same picture (bicubic: 30.7 dB; t/T = 0.5 gives 19.8)
