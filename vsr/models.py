@@ -338,7 +338,8 @@ def prepare_net(net: torch.nn.Module, device: torch.device, dtype: torch.dtype) 
     p = next(iter(net.parameters()), None)
     if p is not None and p.device == device and p.dtype == dtype:
         return net
-    out = copy.deepcopy(net).to(device=device, dtype=dtype)
+    # nn.Module.to, not diffusers' override, which warns on every cast of a model without fp32-only modules
+    out = torch.nn.Module.to(copy.deepcopy(net), device=device, dtype=dtype)
     if not (device.type == "cpu" and dtype == torch.float32):
         out = out.to(memory_format=torch.channels_last)
     return out.eval().requires_grad_(False)
