@@ -298,7 +298,7 @@ def plot(avg: list[dict], out_dir: Path) -> list[Path]:
             ax.scatter(r["sec_per_frame"], r["psnr"])
             ax.annotate(r["method"], (r["sec_per_frame"], r["psnr"]), fontsize=7)
         ax.set_xscale("log")
-        ax.set_xlabel("seconds per output frame (CPU)")
+        ax.set_xlabel("wall seconds per output frame (shared 2-core CPU)")
         ax.set_ylabel("Y-PSNR (dB)")
         ax.set_title(f"{s}x")
     fig.tight_layout()
@@ -374,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             commands = old.get("commands", [old["command"]] if "command" in old else []) + commands
         else:
             log.warning("%s has other clips or frame counts: not merged", earlier)
+    order = [*PEERS, *VSR_SETTINGS]
+    rows.sort(key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order), r["scale"]))
     avg = average_over_clips(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     doc = {"commands": commands,
