@@ -329,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=[*PEERS, *VSR_SETTINGS],
                         help=f"peers ({', '.join(PEERS)}) and vsr settings ({', '.join(VSR_SETTINGS)})")
     parser.add_argument("--model", default=None, help="vsr model (default: the shipped prior)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads per method (more than 1 thrashes on a busy machine)")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per method")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--merge", action="store_true",
