@@ -11,8 +11,18 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
-from vsr.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_RESOURCES, EXIT_USAGE, VsrError
+from vsr.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_RESOURCES, EXIT_USAGE, UsageError, VsrError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as a `UsageError` (one line, exit 2) instead
+    of printing the usage block; subparsers inherit this class."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
 
 # name -> (module, one-line help). Imported lazily so `vsr --help` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -28,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only `command`'s module is imported (start-up stays fast: torch and
     diffusers load only for the commands that need them)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vsr",
         description="Video super-resolution with pre-trained diffusion models "
         "(noise injection at the Perceptual Recoverable Field).",
@@ -51,14 +61,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message: str) -> str:
+    """Errors are one line on stderr even when they quote a multi-line parser message
+    (a YAML syntax error, say)."""
+    return " ".join(message.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    # --debug belongs before the command; after it, it is a usage error shown as one line
+    debug = "--debug" in (argv[: argv.index(command)] if command else argv)
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        command = next((a for a in argv if not a.startswith("-")), None)
         parser = build_parser(command if command in COMMANDS else None)
         args = parser.parse_args(argv)
         if getattr(args, "_missing", None):
@@ -70,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     except VsrError as exc:
         if debug:
             raise
-        print(f"vsr: {exc}", file=sys.stderr)
+        print(f"vsr: {_one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("vsr: interrupted (rerun with --resume to continue)", file=sys.stderr)
@@ -83,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: still one line unless --debug
         if debug:
             raise
-        print(f"vsr: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
+        print(f"vsr: internal error: {type(exc).__name__}: {_one_line(str(exc))} (rerun with --debug)", file=sys.stderr)
         return EXIT_INTERNAL
 
 

@@ -1,0 +1,110 @@
+"""Bad input to every `vsr` command: exactly one `vsr: ...` line on stderr and the
+documented exit code (vsr.errors), never a traceback or argparse's usage block."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.media import make_clip
+from vsr.cli import main
+from vsr.errors import EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE
+
+
+def run(argv: list[str], capsys) -> tuple[int, list[str]]:
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def assert_one_line(code: int, err: list[str], expected: int, *words: str) -> None:
+    assert code == expected, err
+    assert len(err) == 1 and err[0].startswith("vsr: "), err
+    for w in words:
+        assert w in err[0], err
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("clip") / "in.mp4", frames=3)
+
+
+def test_argparse_errors_are_one_line(tmp_path, capsys):
+    code, err = run(["upscale", "a.mp4", "b.mp4", "--steps", "abc"], capsys)
+    assert_one_line(code, err, EXIT_USAGE, "--steps", "vsr upscale --help")
+    code, err = run(["models", "info"], capsys)
+    assert_one_line(code, err, EXIT_USAGE, "name")
+    code, err = run(["bogus"], capsys)
+    assert_one_line(code, err, EXIT_USAGE, "bogus")
+
+
+def test_upscale_infinite_scale_and_binary_config(clip, tmp_path, capsys):
+    code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--scale", "inf"], capsys)
+    assert_one_line(code, err, EXIT_USAGE, "--scale")
+    code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--config", str(clip)], capsys)
+    assert_one_line(code, err, EXIT_USAGE, "cannot read config")
+
+
+def test_multiline_yaml_error_is_one_line(clip, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("{steps: 2\n")
+    code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--config", str(bad)], capsys)
+    assert_one_line(code, err, EXIT_USAGE, "cannot read config")
+
+
+def test_eval_bad_options(clip, tmp_path, capsys):
+    code, err = run(["eval", str(clip), "--reference", str(clip), "--no-niqe", "--crop-border", "999"], capsys)
+    assert_one_line(code, err, EXIT_USAGE, "--crop-border")
+    code, err = run(["eval", str(clip), "--no-niqe", "--max-frames", "0"], capsys)
+    assert_one_line(code, err, EXIT_USAGE, "--max-frames")
+    not_npz = tmp_path / "model.npz"
+    not_npz.write_text("not numpy")
+    code, err = run(["eval", str(clip), "--niqe-model", str(not_npz)], capsys)
+    assert_one_line(code, err, EXIT_MODEL, "NIQE model")
+    np.savez(tmp_path / "empty.npz", a=1)
+    code, err = run(["eval", str(clip), "--niqe-model", str(tmp_path / "empty.npz")], capsys)
+    assert_one_line(code, err, EXIT_MODEL, "NIQE model")
+
+
+def test_calibrate_bad_options(tmp_path, capsys):
+    code, err = run(["calibrate", "--images", str(tmp_path), "--max-images", "0"], capsys)
+    assert_one_line(code, err, EXIT_USAGE, "--max-images")
+    out = tmp_path / "missing" / "curves.png"
+    code, err = run(["calibrate", "--images", str(tmp_path), "--out", str(out)], capsys)
+    assert_one_line(code, err, EXIT_OUTPUT, "--out")
+
+
+def test_models_info_of_a_folder_without_a_model(tmp_path, capsys):
+    code, err = run(["models", "info", str(tmp_path)], capsys)
+    assert_one_line(code, err, EXIT_MODEL, "not a diffusers model folder")
+
+
+def test_corpus_build_never_replaces_a_file_or_a_foreign_folder(tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    code, err = run(["corpus", "build", str(a_file)], capsys)
+    assert_one_line(code, err, EXIT_OUTPUT, "not a folder")
+    assert a_file.read_text() == "mine"
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.png").write_bytes(b"x")
+    code, err = run(["corpus", "build", str(folder)], capsys)
+    assert_one_line(code, err, EXIT_OUTPUT, "no corpus manifest")
+    assert (folder / "holiday.png").read_bytes() == b"x"
+
+
+def test_train_bad_config_and_checkpoint(tmp_path, capsys):
+    pytest.importorskip("diffusers")
+    text = tmp_path / "cfg.yaml"
+    text.write_text("just a string\n")
+    code, err = run(["train", "prior", "--config", str(text)], capsys)
+    assert_one_line(code, err, EXIT_USAGE, "mapping")
+    binary = tmp_path / "cfg.bin"
+    binary.write_bytes(b"\x9f\x00\xff")
+    code, err = run(["train", "prior", "--config", str(binary)], capsys)
+    assert_one_line(code, err, EXIT_USAGE, "cannot read training config")
+    ckpt = tmp_path / "last.pt"
+    ckpt.write_text("not a checkpoint")
+    code, err = run(["train", "export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "x")], capsys)
+    assert_one_line(code, err, EXIT_INPUT, "checkpoint")
