@@ -160,7 +160,7 @@ class EngineConfig:
             path = preset
         try:
             data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from None
         if isinstance(data, dict) and "engine" in data and len(data) == 1:
             data = data["engine"]  # allow a file that nests the engine section

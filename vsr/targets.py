@@ -13,6 +13,8 @@ use (`crop`, only for `--fit crop`), the size the engine upscales that part to
 """
 from __future__ import annotations
 
+import math
+
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -121,7 +123,7 @@ def plan_output(
             out = (even(out_h * aspect), out_h)
         else:
             s = 2.0 if scale is None else float(scale)
-            if not s > 0:
+            if not 0 < s < math.inf:
                 raise UsageError(f"--scale must be a positive number, got {scale}")
             out = (even(dw * s), even(dh * s))
         plan = Plan(crop=full, scaled=out, pad=(0, 0, 0, 0), out=out)
