@@ -105,6 +105,8 @@ def evaluate_frames(
     for i, (out, other) in enumerate(pairs):
         row: dict[str, float] = {"frame": i}
         y_out = None
+        if 2 * crop_border >= min(out.shape[:2]):
+            raise UsageError(f"--crop-border {crop_border} leaves nothing of the {out.shape[1]}x{out.shape[0]} frames")
         if references is not None:
             if out.shape != other.shape:
                 raise InputError(
@@ -229,13 +231,15 @@ def _write(path: str, write) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     if args.crop_border < 0:
         raise UsageError("--crop-border must be >= 0")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise UsageError(f"--max-frames must be at least 1, got {args.max_frames}")
     niqe_model = None
     if not args.no_niqe:
         try:
             niqe_model = metrics.load_niqe_model(args.niqe_model)
-        except OSError:
+        except (OSError, ValueError, KeyError):  # missing, not an .npz, or lacking a field
             raise ModelError(
-                f"NIQE model not found ({args.niqe_model or 'vsr/assets/niqe_model.npz'}): pass --niqe-model, "
+                f"NIQE model not found or not readable ({args.niqe_model or 'vsr/assets/niqe_model.npz'}): pass --niqe-model, "
                 "fit one with `python -m pipelines.fit_niqe`, or use --no-niqe"
             ) from None
     outputs = _read_frames(args.output, args.max_frames)
