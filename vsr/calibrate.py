@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from vsr.config import EngineConfig
-from vsr.errors import InputError, UsageError
+from vsr.errors import InputError, OutputError, UsageError
 from vsr.models import DEFAULT_MODEL, resolve_model, shipped_card_path
 from vsr.engine import Upscaler, resize
 
@@ -207,7 +207,12 @@ def run_cli(args) -> int:
         raise UsageError("--grid values must be noise levels t/T in (0, 1)")
     if any(s <= 1 for s in args.scales):
         raise UsageError("--scales must be upscaling factors > 1")
+    if args.max_images < 1:
+        raise UsageError(f"--max-images must be at least 1, got {args.max_images}")
     scales = sorted(args.scales)
+    png = Path(args.out) if args.out else None
+    if png is not None and not png.parent.is_dir():  # fail before the long measurement
+        raise OutputError(f"--out {png}: folder {png.parent} does not exist; create it first")
     cfg = EngineConfig(model=args.model, steps=args.steps, device=args.device, dtype=args.dtype, overlap=0)
     up = Upscaler.from_pretrained(config=cfg)
     card = up.model.card
@@ -239,6 +244,10 @@ def run_cli(args) -> int:
         print(f"PRF curve {list(scales)} -> {new_card.prf_t} written to {target}")
     else:
         print(f"PRF curve {list(scales)} -> {new_card.prf_t} (not written: pass --write for a shipped model)")
-    png = Path(args.out or f"calibration-{card.name.replace('/', '_')}.png")
-    print(f"loss curves saved to {png}" if plot(results, settings, png) else "PNG skipped: matplotlib is not installed")
+    png = png or Path(f"calibration-{card.name.replace('/', '_')}.png")
+    try:
+        saved = plot(results, settings, png)
+    except (OSError, ValueError) as exc:  # unwritable, or an extension matplotlib cannot write
+        raise OutputError(f"cannot write the loss curves to {png}: {exc}") from None
+    print(f"loss curves saved to {png}" if saved else "PNG skipped: matplotlib is not installed")
     return 0
