@@ -445,6 +445,8 @@ def _card_for_info(name: str) -> tuple[ModelCard, str]:
         return ModelCard.from_yaml(card_path, folder.name), f"{folder} (card {card_path})"
     unet_cfg = folder / "unet" / "config.json"
     unet_cfg = unet_cfg if unet_cfg.is_file() else folder / "config.json"
+    if not unet_cfg.is_file():
+        raise ModelError(f"{folder} is not a diffusers model folder: expected unet/config.json (or config.json)")
     in_ch = json.loads(unet_cfg.read_text()).get("in_channels", 3)
     return _default_card(folder.name, None, in_ch), f"{folder} (no model card: defaults)"
 
