@@ -657,6 +657,7 @@ def build_corpus(
     touched unless the new manifest differs from the one there.
     """
     out_dir = Path(out_dir).resolve()
+    _check_out_dir(out_dir)
     cache = Path(cache).resolve()
     rule = config.rule
     notify = callback or (lambda msg: None)
@@ -705,8 +706,11 @@ def build_corpus(
     # 5. write the images (decoded again: holding them all would cost GBs)
     tmp = out_dir.with_name(out_dir.name + ".vsr-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images" / "train").mkdir(parents=True)
-    (tmp / "images" / "val").mkdir(parents=True)
+    try:
+        (tmp / "images" / "train").mkdir(parents=True)
+        (tmp / "images" / "val").mkdir(parents=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {tmp}: {exc.strerror}") from None
     images = []
     for m in sorted(final, key=lambda m: m.cand.id):
         c = m.cand
@@ -750,6 +754,18 @@ def build_corpus(
     return manifest, digest
 
 
+def _check_out_dir(out_dir: Path) -> None:
+    """The build replaces out_dir wholesale, so it must be new, empty, or a corpus (has a
+    manifest.json): never a file or a folder of the user's own things."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise OutputError(f"{out_dir} exists and is not a folder: pick a new corpus folder")
+    if (out_dir / "manifest.json").is_file() or not any(out_dir.iterdir()):
+        return
+    raise OutputError(f"{out_dir} is not empty and holds no corpus manifest: pick a new or empty folder")
+
+
 def _same_hash(out_dir: Path, digest: str) -> bool:
     try:
         return corpus_manifest_hash(out_dir) == digest
@@ -784,7 +800,7 @@ def _counts(images: list[dict], rejected: list[dict]) -> dict:
 def add_cli(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="corpus_command", metavar="ACTION")
     b = sub.add_parser("build", help="fetch the sources and write DIR/images and DIR/manifest.json")
-    b.add_argument("dir", type=Path, help="output folder (replaced atomically when the manifest changes)")
+    b.add_argument("dir", type=Path, help="output folder: new, empty or an earlier corpus (replaced atomically when the manifest changes)")
     b.add_argument("--cache", type=Path, default=None,
                    help="download/extract cache (default: $XDG_CACHE_HOME/vsr/corpus or ~/.cache/vsr/corpus)")
     b.add_argument("--sources", type=Path, default=DEFAULT_CONFIG, help="corpus config YAML (default: %(default)s)")
