@@ -101,6 +101,10 @@ class TrainConfig:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except FileNotFoundError:
             raise ConfigError(f"training config not found: {path}") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read training config {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"training config {path} must be a mapping of key: value, got {type(data).__name__}")
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(data)
 
@@ -466,7 +470,12 @@ def export(checkpoint: str | Path, out_dir: str | Path, *, dtype: torch.dtype = 
     """
     from diffusers.training_utils import EMAModel
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as exc:  # pickle/zip errors vary by torch version; all mean "not a checkpoint"
+        raise InputError(f"cannot read checkpoint {checkpoint}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(state, dict) or not {"config", "unet", "ema"} <= set(state):
+        raise InputError(f"{checkpoint} is not a vsr training checkpoint (expected config, unet and ema)")
     cfg = TrainConfig.from_dict(state["config"])
     unet = build_unet(cfg)
     unet.load_state_dict(state["unet"])
