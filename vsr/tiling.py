@@ -85,8 +85,7 @@ def apply_tiled(
     Returns the blended outputs as float32 (N, C, H, W), weights summing to 1 per pixel.
     """
     n, _, h, w = x.shape
-    tiles, weights = _blend_plan(h, w, tile, overlap)
-    weights = weights.to(x.device)
+    tiles, weights = _blend_plan(h, w, tile, overlap, x.device)
     jobs = [(i, y, xx) for i in range(n) for (y, xx) in tiles]
     acc: list[torch.Tensor] | None = None
     for start in range(0, len(jobs), batch):
@@ -103,10 +102,11 @@ def apply_tiled(
 
 
 @functools.lru_cache(maxsize=8)
-def _blend_plan(h: int, w: int, tile: int, overlap: int) -> tuple[list[Tile], torch.Tensor]:
-    """Tiles of an h x w frame and each tile's normalised weights (K, tile, tile), which
-    sum to 1 at every pixel. Cached: a stream reuses one frame size at every step."""
+def _blend_plan(h: int, w: int, tile: int, overlap: int, device: torch.device) -> tuple[list[Tile], torch.Tensor]:
+    """Tiles of an h x w frame and each tile's normalised weights (K, tile, tile) on
+    `device`, which sum to 1 at every pixel. Cached: a stream reuses one frame size at
+    every step, so the weights are built and copied to the device once, not per step."""
     tiles = plan_tiles(h, w, tile, overlap)
     window = tile_window(tile, overlap)
     norm = blend_weights(h, w, tiles, window)
-    return tiles, torch.stack([window / norm[y:y + tile, x:x + tile] for y, x in tiles])
+    return tiles, torch.stack([window / norm[y:y + tile, x:x + tile] for y, x in tiles]).to(device)
