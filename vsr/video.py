@@ -154,16 +154,6 @@ def _video_stream(container: av.container.InputContainer, path: str | os.PathLik
     return streams[0]
 
 
-def _rotation(stream: av.VideoStream, container: av.container.InputContainer) -> int:
-    """Display rotation (degrees CCW, 0/90/180/270) read from the first decoded frame."""
-    try:
-        for frame in container.decode(stream):
-            return int(round(frame.rotation / 90.0)) * 90 % 360
-    except av.FFmpegError as exc:
-        raise InputError(f"cannot decode {container.name}: {_reason(exc)}") from exc
-    raise InputError(f"{container.name} has a video stream without any decodable frame")
-
-
 def _parse_hdr(frame: av.VideoFrame) -> HDR10 | None:
     """HDR10 static metadata from a decoded frame's side data. AVMasteringDisplayMetadata
     is 8 AVRationals (R, G, B, white point; x and y each), min and max luminance, then
