@@ -155,7 +155,7 @@ def evaluate_frames(
 
 
 def add_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("output", help="the video (or image sequence) to score")
+    parser.add_argument("output", help="the video (or a single image) to score")
     parser.add_argument("--reference", "-r", metavar="REF", help="frame-aligned ground truth of the same size")
     parser.add_argument("--guide", metavar="LR", help="no-reference only: low-res source whose motion drives the temporal metrics")
     parser.add_argument("--json", metavar="FILE", help="write the summary (and the per-frame rows) as JSON")
