@@ -119,7 +119,11 @@ class EngineConfig:
         if not _is_int(self.overlap) or self.overlap < 0:
             _fail("overlap", self.overlap, "an integer >= 0 (32-64 is typical)")
         if self.tile is not None and self.overlap * 2 > self.tile:
-            _fail("overlap", self.overlap, f"at most half the tile ({self.tile // 2})")
+            _fail(
+                "overlap", self.overlap,
+                f"at most half the tile ({self.tile // 2}); with a tile this small set overlap too, "
+                f"e.g. --overlap {self.tile // 4}",
+            )
         if not _is_int(self.batch) or self.batch < 1:
             _fail("batch", self.batch, "an integer >= 1 (tiles per model call)")
         if not _is_int(self.seed) or self.seed < 0:
