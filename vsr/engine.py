@@ -57,7 +57,7 @@ class Upscaler:
         self._model = model
         self._reloadable = False  # True when the weights can be reloaded from config.model
         self._noise = noise if noise is not None else make_noise(config.noise, config.seed)
-        self._runtime: tuple[torch.device, torch.dtype, ModelDenoiser] | None = None
+        self._denoiser: ModelDenoiser | None = None  # built on first use (device, dtype on it)
         if model is not None:
             self._check_tile(model)
 
@@ -82,8 +82,8 @@ class Upscaler:
             return Upscaler.from_pretrained(config=config)
         new = Upscaler(self._model, config)
         new._reloadable = self._reloadable
-        if self._runtime is not None and (config.device, config.dtype) == (self.config.device, self.config.dtype):
-            new._runtime = self._runtime
+        if self._denoiser is not None and (config.device, config.dtype) == (self.config.device, self.config.dtype):
+            new._denoiser = self._denoiser
         if (config.noise, config.seed) == (self.config.noise, self.config.seed):
             new._noise = self._noise
         return new
@@ -98,7 +98,7 @@ class Upscaler:
         self._model = state["model"]
         self._reloadable = state["reloadable"]
         self._noise = state["noise"]
-        self._runtime = None
+        self._denoiser = None
 
     # -- resolved pieces -------------------------------------------------------------
     @property
@@ -129,12 +129,12 @@ class Upscaler:
 
     def denoiser(self) -> ModelDenoiser:
         """The model on the resolved device/dtype (resolved once, on first use)."""
-        if self._runtime is None:
+        if self._denoiser is None:
             device = resolve_device(self.config.device)
             dtype = resolve_dtype(self.config.dtype, device)
-            self._runtime = (device, dtype, self.model.make_denoiser(device, dtype))
+            self._denoiser = self.model.make_denoiser(device, dtype)
             log.info("engine on %s, %s", device, dtype)
-        return self._runtime[2]
+        return self._denoiser
 
     @property
     def device(self) -> torch.device:
