@@ -108,3 +108,12 @@ def test_train_bad_config_and_checkpoint(tmp_path, capsys):
     ckpt.write_text("not a checkpoint")
     code, err = run(["train", "export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "x")], capsys)
     assert_one_line(code, err, EXIT_INPUT, "checkpoint")
+
+
+def test_upscale_help_lists_the_exit_codes(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["upscale", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for code in ("2 bad arguments", "3 unusable input", "5 model", "6 encoder", "130 interrupted"):
+        assert code in text

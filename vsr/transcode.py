@@ -571,6 +571,11 @@ def _noise_level(text: str) -> float | str:
 
 def add_cli(parser: argparse.ArgumentParser) -> None:
     """Declare `vsr upscale`'s arguments (docs/cli.md is the reference)."""
+    parser.epilog = (
+        "exit codes: 0 done, 1 internal error (rerun with 'vsr --debug upscale ...'), 2 bad arguments or "
+        "config, 3 unusable input, 4 output exists or cannot be written, 5 model not found or not loadable, "
+        "6 encoder refused, 7 out of memory, 130 interrupted (rerun with --resume). Reference: docs/cli.md"
+    )
     parser.add_argument("input", metavar="IN", help="input video (any file FFmpeg reads); opened read-only")
     parser.add_argument("output", metavar="OUT", help="output video; the container follows the extension (.mp4, .mkv, .mov)")
     g = parser.add_argument_group("size (one of; default --scale 2)")
