@@ -117,3 +117,12 @@ def test_upscale_help_lists_the_exit_codes(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for code in ("2 bad arguments", "3 unusable input", "5 model", "6 encoder", "130 interrupted"):
         assert code in text
+
+
+def test_unreachable_hub_id_is_one_line_at_once(clip, tmp_path, capsys, monkeypatch):
+    """Offline (here: a hub host that cannot resolve), a hub id fails with the hint to
+    pass a local folder, without huggingface_hub's retries and warnings."""
+    pytest.importorskip("diffusers")
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.vsr-test.invalid")
+    code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--model", "nobody-here/no-model"], capsys)
+    assert_one_line(code, err, EXIT_MODEL, "local folder")

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,24 +271,50 @@ def _default_card(name: str, net: torch.nn.Module | None, in_channels: int | Non
     return ModelCard(name=name, pixel_unshuffle=r if 3 * r * r == in_ch else 1)
 
 
+def _hub_reachable() -> bool:
+    """Whether the hub's host name resolves: offline, fail at once with the hint instead
+    of after huggingface_hub's retries (about 25 s of warnings per file)."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
 def _load_hub(repo_id: str) -> LoadedModel:
     hint = f"cannot load hub model '{repo_id}' (offline or not found): download it elsewhere and pass its local folder path"
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    try:  # already in the local hub cache: no network needed
+        with warnings.catch_warnings():  # huggingface_hub deprecation noise on a cache miss
+            warnings.simplefilter("ignore")
+            return _hub_model(repo_id, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (or incomplete): try the network below
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or not _hub_reachable():
         raise ModelError(hint)
-    from diffusers import DDPMScheduler, UNet2DModel
-
     try:
-        try:
-            net = UNet2DModel.from_pretrained(repo_id, subfolder="unet")
-        except (OSError, ValueError):
-            net = UNet2DModel.from_pretrained(repo_id)
-        net = net.float()
-        try:
-            sched_cfg = DDPMScheduler.load_config(repo_id, subfolder="scheduler")
-        except (OSError, ValueError):
-            sched_cfg = DDPMScheduler.load_config(repo_id)
+        return _hub_model(repo_id, local_files_only=False)
     except Exception:  # connection errors, repo not found, gated: all need a local folder here
         raise ModelError(hint) from None
+
+
+def _hub_model(repo_id: str, *, local_files_only: bool) -> LoadedModel:
+    """A hub model's UNet (in `unet/` or at the top) and DDPM schedule, via diffusers."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    kw: dict[str, Any] = {"local_files_only": local_files_only}
+    try:
+        net = UNet2DModel.from_pretrained(repo_id, subfolder="unet", low_cpu_mem_usage=False, **kw)
+    except (OSError, ValueError):
+        net = UNet2DModel.from_pretrained(repo_id, low_cpu_mem_usage=False, **kw)
+    net = net.float()
+    try:
+        sched_cfg = DDPMScheduler.load_config(repo_id, subfolder="scheduler", **kw)
+    except (OSError, ValueError):
+        sched_cfg = DDPMScheduler.load_config(repo_id, **kw)
     return _finish(net, dict(sched_cfg), _default_card(repo_id.split("/")[-1], net), repo_id)
 
 
