@@ -32,8 +32,6 @@ from vsr.errors import InputError, ModelError, OutputError, UsageError
 
 log = logging.getLogger(__name__)
 
-FR_METRICS = ("psnr", "ssim", "ms_ssim", "gmsd")
-TEMPORAL_METRICS = ("warp_error", "flicker")
 # how each summary is read: higher or lower is better (printed in the table header)
 BETTER = {"psnr": "higher", "ssim": "higher", "ms_ssim": "higher", "gmsd": "lower", "niqe": "lower",
           "warp_error": "lower", "flicker": "lower"}
