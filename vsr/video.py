@@ -549,7 +549,14 @@ def _start_output(inp: av.container.InputContainer, info: VideoInfo, fmt: Stream
         supported = out.supported_codecs
         for ist in inp.streams:
             if ist.index == info.video_index:
-                video_out = out.add_stream(fmt.settings.codec, rate=fmt.rate)
+                try:
+                    video_out = out.add_stream(fmt.settings.codec, rate=fmt.rate)
+                except ValueError as exc:  # e.g. libx264 in .webm (VP8/VP9/AV1 only)
+                    out.close()
+                    raise CodecError(
+                        f"{Path(name).suffix} files cannot hold {fmt.settings.codec} video ({exc}): "
+                        "pick another --codec or OUT.mkv"
+                    ) from None
                 _configure(video_out.codec_context, fmt.settings, fmt.width, fmt.height, fmt.time_base, fmt.rate, fmt.colour, fmt.hdr)
                 video_out.time_base = fmt.time_base
                 ost = video_out
