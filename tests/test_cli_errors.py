@@ -9,7 +9,7 @@ import pytest
 
 from tests.media import make_clip
 from vsr.cli import main
-from vsr.errors import EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE
+from vsr.errors import EXIT_CODEC, EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE
 
 
 def run(argv: list[str], capsys) -> tuple[int, list[str]]:
@@ -126,3 +126,19 @@ def test_unreachable_hub_id_is_one_line_at_once(clip, tmp_path, capsys, monkeypa
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.vsr-test.invalid")
     code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--model", "nobody-here/no-model"], capsys)
     assert_one_line(code, err, EXIT_MODEL, "local folder")
+
+
+def test_codec_the_container_cannot_hold_is_exit_6(clip, tmp_path, tiny_model_dir, capsys):
+    code, err = run(["upscale", str(clip), str(tmp_path / "o.webm"), "--model", str(tiny_model_dir), "--codec", "libx264"], capsys)
+    assert_one_line(code, err, EXIT_CODEC, "libx264")
+
+
+def test_unavailable_device_fails_before_any_work_folder(clip, tmp_path, tiny_model_dir, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    out = tmp_path / "o.mp4"
+    code, err = run(["upscale", str(clip), str(out), "--model", str(tiny_model_dir), "--device", "cuda"], capsys)
+    assert_one_line(code, err, EXIT_USAGE, "cuda")
+    assert list(tmp_path.iterdir()) == []  # no .o.mp4.vsr-tmp left to block the next run

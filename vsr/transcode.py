@@ -472,6 +472,8 @@ def upscale_video(
 
     up = upscaler if upscaler is not None else build_upscaler(model, config)
     up = up.with_config(size=plan.scaled)
+    if callable(getattr(up, "denoiser", None)):
+        up.denoiser()  # resolve --device/--dtype now: a bad one must fail before the work folder exists
     header = {
         "version": JOURNAL_VERSION,
         "source": _source_fingerprint(src),
