@@ -52,8 +52,11 @@ class EvalResult:
         return len(self.rows)
 
 
-def _zip_strict(outputs: Iterable[np.ndarray], refs: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Pairs of frames; a count mismatch is an InputError naming both counts seen so far."""
+def _zip_strict(
+    outputs: Iterable[np.ndarray], refs: Iterable[np.ndarray], other: str = "reference"
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Pairs of frames; a count mismatch is an InputError naming both counts seen so far
+    (`other` names the second video in it: "reference" or "guide")."""
     it_o, it_r = iter(outputs), iter(refs)
     n = 0
     while True:
@@ -62,10 +65,10 @@ def _zip_strict(outputs: Iterable[np.ndarray], refs: Iterable[np.ndarray]) -> It
         if o is None and r is None:
             return
         if o is None or r is None:
-            longer = "reference" if o is None else "output"
+            longer = other if o is None else "output"
             raise InputError(
                 f"frame counts differ: the {longer} has more than {n} frames, the other has {n}; "
-                "full-reference eval needs frame-aligned videos (trim them to the same frames)"
+                f"the output and the {other} must be frame-aligned (trim them to the same frames)"
             )
         yield o, r
         n += 1
@@ -94,7 +97,7 @@ def evaluate_frames(
     if references is not None:
         pairs: Iterable[tuple[np.ndarray, np.ndarray | None]] = _zip_strict(outputs, references)
     elif guides is not None:
-        pairs = _zip_strict(outputs, guides)
+        pairs = _zip_strict(outputs, guides, "guide")
     else:
         pairs = ((o, None) for o in outputs)
 
