@@ -25,6 +25,16 @@ def assert_one_line(code: int, err: list[str], expected: int, *words: str) -> No
         assert w in err[0], err
 
 
+@pytest.fixture(autouse=True)
+def _ffmpeg_default_logging():
+    """`vsr upscale` routes FFmpeg's log through PyAV's Python callback; give FFmpeg its
+    own logger back afterwards so later tests run without the callback installed."""
+    yield
+    import av
+
+    av.logging.set_level(None)
+
+
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
     return make_clip(tmp_path_factory.mktemp("clip") / "in.mp4", frames=3)
@@ -146,3 +156,9 @@ def test_unavailable_device_fails_before_any_work_folder(clip, tmp_path, tiny_mo
     code, err = run(["upscale", str(clip), str(out), "--model", str(tiny_model_dir), "--device", "cuda"], capsys)
     assert_one_line(code, err, EXIT_USAGE, "cuda")
     assert list(tmp_path.iterdir()) == []  # no .o.mp4.vsr-tmp left to block the next run
+
+
+def test_unknown_x264_preset_is_one_line(clip, tmp_path, capfd):
+    """capfd: x264 would print its own line straight to the stderr file descriptor."""
+    code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--preset", "bogus"], capfd)
+    assert_one_line(code, err, EXIT_CODEC, "preset")

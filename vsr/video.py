@@ -336,9 +336,18 @@ def check_codec(name: str) -> None:
         raise CodecError(f"{name!r} is a {codec.type} encoder, not a video one")
 
 
+# x264/x265 check a preset name before FFmpeg's log callback is in place, so a bad one
+# prints its own line on stderr: catch it here instead (the lists are the same for both).
+X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
+
+
 def check_encoder(settings: EncoderSettings) -> None:
-    """Raise CodecError if the codec is unknown or cannot take the pixel format."""
+    """Raise CodecError if the codec is unknown, cannot take the pixel format, or (x264,
+    x265) does not know the preset."""
     check_codec(settings.codec)
+    preset = (settings.preset or "").lower()
+    if settings.codec in ("libx264", "libx265") and preset and not (preset in X26X_PRESETS or preset.isdigit()):
+        raise CodecError(f"{settings.codec} has no preset {settings.preset!r}: use --preset {', '.join(X26X_PRESETS)}")
     formats = [f.name for f in (av.codec.Codec(settings.codec, "w").video_formats or ())]
     if formats and settings.pix_fmt not in formats:
         raise CodecError(f"{settings.codec} cannot encode {settings.pix_fmt}: use --pix-fmt {' or '.join(formats[:6])}")
