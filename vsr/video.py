@@ -119,7 +119,10 @@ def route_ffmpeg_logs(verbose: bool) -> None:
     """Send FFmpeg's own log lines to Python logging ("libav" loggers) when `verbose`,
     else silence them: the CLI promises one line on stderr per error, and every FFmpeg
     failure vsr cares about comes back as an exception it turns into that line."""
-    av.logging.set_level(av.logging.VERBOSE if verbose else av.logging.PANIC)
+    # None (PyAV's default) drops FFmpeg's lines in C; a level installs a Python callback
+    # that FFmpeg's worker threads must take the GIL to call, which can deadlock a decode
+    # or encode that holds the GIL while it waits for those threads.
+    av.logging.set_level(av.logging.VERBOSE if verbose else None)
     if not verbose:  # SVT-AV1 logs to stderr by itself; its level comes from the environment
         os.environ.setdefault("SVT_LOG", "1")
 
