@@ -138,14 +138,14 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, up, batch):
 
 
 def test_a_failing_encode_thread_stops_the_job_with_its_error(tmp_path, up):
-    import shutil
-
     src = make_clip(tmp_path / "in.mkv", audio=(), frames=12)
     out = tmp_path / "out.mkv"
 
     def pull_the_rug(d: dict) -> None:
         if d["frames_done"] == 3:
-            shutil.rmtree(temp_dir_for(out))  # the encode thread can no longer write its segments
+            # moved away in one step (rmtree races the encode thread creating files in it):
+            # the encode thread can no longer write its next segment
+            temp_dir_for(out).rename(tmp_path / "moved-away")
 
     with pytest.raises(OutputError, match="cannot write"):
         upscale_video(src, out, upscaler=up, segment_frames=2, progress=pull_the_rug)
