@@ -418,8 +418,12 @@ def save_checkpoint(trainer: Trainer, path: Path) -> None:
     tmp.replace(path)
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, max_seconds: float | None = None) -> Trainer:
-    """Run (or continue) training until `cfg.steps`; checkpoints to `run_dir/last.pt`."""
+def train(
+    cfg: TrainConfig, *, resume: bool = False, progress: bool = True, max_seconds: float | None = None,
+    stop_at: int | None = None,
+) -> Trainer:
+    """Run (or continue) training until `cfg.steps` (or `stop_at`, which leaves the LR
+    schedule as `cfg.steps` defines it); checkpoints to `run_dir/last.pt`."""
     from tqdm import tqdm
 
     run = Path(cfg.run_dir)
@@ -438,7 +442,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, max_
     started = time.time()
     t_last = time.time()
     try:
-        while trainer.step < cfg.steps:
+        end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
+        while trainer.step < end:
             loss = trainer.train_step()
             now = time.time()
             trainer.wall_s += now - t_last
@@ -452,7 +457,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, max_
                 with open(run / "history.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
                 bar.write(json.dumps(record))
-            if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:
+            if trainer.step % cfg.checkpoint_every == 0 or trainer.step == end:
                 save_checkpoint(trainer, ckpt)
             if max_seconds and now - started > max_seconds:
                 save_checkpoint(trainer, ckpt)
@@ -509,6 +514,7 @@ def add_cli(parser) -> None:
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, help="CPU threads for torch (0 = torch's default)")
     p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this long")
+    p.add_argument("--stop-at", type=int, help="stop (with a checkpoint) at this step; the LR schedule still spans --steps")
     p.add_argument("--quiet", action="store_true")
     e = sub.add_parser("export", help="write a checkpoint's EMA weights as a diffusers folder")
     e.add_argument("--checkpoint", required=True)
@@ -527,7 +533,7 @@ def run_cli(args) -> int:
     )
     trainer = train(
         cfg, resume=args.resume, progress=not args.quiet,
-        max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+        max_seconds=args.max_minutes * 60 if args.max_minutes else None, stop_at=args.stop_at,
     )
     print(f"step {trainer.step}, checkpoint {Path(cfg.run_dir) / 'last.pt'}")
     return 0
