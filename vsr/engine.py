@@ -179,7 +179,9 @@ class Upscaler:
         # 1. resize to the target, in [-1, 1]
         x0_hat = resize(x.to(den.device, torch.float32), H, W) * 2.0 - 1.0
         # 2. inject noise to t_start
-        eps = torch.stack([self._noise(i, H, W) for i in indices]).to(den.device)
+        fields = [self._noise(i, H, W) for i in indices]
+        same = all(f is fields[0] for f in fields)  # shared noise: one field, broadcast over frames
+        eps = (fields[0][None] if same else torch.stack(fields)).to(den.device)
         x_t = add_noise(x0_hat, eps, ts[0], ac)
         # 3. DDIM on the full frame(s); every step blends the tiles' predictions
         tile, overlap, batch = self.tile, self.overlap, self.config.batch
