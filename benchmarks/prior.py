@@ -11,6 +11,7 @@ The acceptance rule of issue 2 is printed per scale at the best t/T (lowest GMSD
 the levels within 1 dB of bicubic's PSNR).
 
     python -m benchmarks.prior [--model DIR] [--corpus data/corpus] [--crop 256] [--steps 2]
+                               [--consistency N] [--grid T ...]
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import torch
 from vsr import metrics
 from vsr.calibrate import load_crops
 from vsr.engine import Upscaler, resize
+from vsr.sampling import back_project
 
 GRID = (0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4)
 
@@ -70,7 +72,10 @@ def held_out(corpus: str, model: str | None) -> list[Path]:
     return [p for p in val if p.name not in seen]
 
 
-def run(model: str | None, corpus: str, crop: int, steps: int, scales: list[float], grid=GRID) -> dict:
+def run(
+    model: str | None, corpus: str, crop: int, steps: int, scales: list[float], grid=GRID, consistency: int = 0,
+    degrade: str = "bicubic",
+) -> dict:
     import tempfile
 
     images = held_out(corpus, model)
@@ -79,18 +84,28 @@ def run(model: str | None, corpus: str, crop: int, steps: int, scales: list[floa
             (Path(tmp) / p.name).symlink_to(p.resolve())
         hr = load_crops(tmp, crop, max_images=64)
     refs = to_u8(hr)
-    up = Upscaler.from_pretrained(model, steps=steps)
-    results: dict = {"images": len(refs), "names": [p.stem for p in images], "crop": crop, "steps": steps, "scales": {}}
+    up = Upscaler.from_pretrained(model, steps=steps, consistency=consistency)
+    results: dict = {
+        "images": len(refs), "names": [p.stem for p in images], "crop": crop, "steps": steps,
+        "consistency": consistency, "degrade": degrade, "scales": {},
+    }
     for s in scales:
-        lr = resize(hr, round(crop / s), round(crop / s))
+        n = round(crop / s)
+        if degrade == "area":  # a box filter: not the kernel back-projection assumes
+            lr = torch.nn.functional.interpolate(hr, size=(n, n), mode="area")
+        else:
+            lr = resize(hr, n, n)
         rows = {"bicubic": scores(to_u8(resize(lr, crop, crop)), refs)}
+        if consistency:  # the same back-projection with no prior: what the diffusion adds on top
+            bp = back_project(resize(lr, crop, crop) * 2 - 1, lr * 2 - 1, consistency)
+            rows["bicubic+bp"] = scores(to_u8((bp + 1) / 2), refs)
         for t in grid:
             u = up.with_config(size=(crop, crop), noise_level=t)
             t0 = time.perf_counter()
             out = u.upscale_tensor(lr)
             rows[f"t={t}"] = {**scores(to_u8(out), refs), "seconds": time.perf_counter() - t0}
         bic = rows["bicubic"]
-        ok = {k: v for k, v in rows.items() if k != "bicubic" and v["psnr"] >= bic["psnr"] - 1.0}
+        ok = {k: v for k, v in rows.items() if k.startswith("t=") and v["psnr"] >= bic["psnr"] - 1.0}
         best = min(ok, key=lambda k: ok[k]["gmsd"]) if ok else None
         verdict = None
         if best:
@@ -107,7 +122,10 @@ def run(model: str | None, corpus: str, crop: int, steps: int, scales: list[floa
 
 def print_table(results: dict) -> None:
     print("held-out:", ", ".join(results["names"]))
-    print(f"held-out images: {results['images']} centre crops of {results['crop']}px, DDIM steps {results['steps']}")
+    print(
+        f"held-out images: {results['images']} centre crops of {results['crop']}px, DDIM steps {results['steps']}, "
+        f"back-projection passes {results['consistency']}, LR made by {results['degrade']} downscaling"
+    )
     for s, block in results["scales"].items():
         print(f"\nscale {s}x")
         print(f"{'method':<10} {'Y-PSNR':>7} {'sharp':>6} {'GMSD':>7} {'s/img':>6}")
@@ -125,9 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--scales", type=float, nargs="+", default=[2.0, 4.0])
+    p.add_argument("--consistency", type=int, default=0, help="back-projection passes per step (0 = plain injection, the issue's test)")
+    p.add_argument("--degrade", choices=("bicubic", "area"), default="bicubic", help="how the LR input is made")
+    p.add_argument("--grid", type=float, nargs="+", default=list(GRID), help="noise levels t/T to try")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args(argv)
-    res = run(a.model, a.corpus, a.crop, a.steps, a.scales)
+    res = run(a.model, a.corpus, a.crop, a.steps, a.scales, tuple(a.grid), a.consistency, a.degrade)
     print_table(res)
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2))

@@ -186,3 +186,19 @@ def test_shipped_prior_upscales_a_photo_keeping_its_content():
     assert out.shape == (128, 128, 3)
     mse = np.mean((out.astype(float) - hr.astype(float)) ** 2)
     assert 10 * np.log10(255**2 / mse) > 25  # same picture (bicubic: 30.7 dB; t/T = 0.5 gives 19.8)
+
+
+def test_consistency_makes_the_output_downscale_back_to_the_input(up):
+    from vsr.engine import resize
+
+    img = _image(24, 32, seed=5)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+
+    def residual(consistency: int) -> float:
+        out = up.with_config(consistency=consistency, noise_level=0.3).upscale_tensor(x)
+        return (resize(out, 24, 32) - x).abs().mean().item()
+
+    plain, once, twice = residual(0), residual(1), residual(2)
+    assert once < 0.5 * plain and twice < once
+    with pytest.raises(ConfigError, match="consistency"):
+        up.with_config(consistency=-1)

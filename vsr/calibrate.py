@@ -195,6 +195,8 @@ def add_cli(parser) -> None:
     parser.add_argument("--crop", type=int, help="center-crop size (default: the model card's crop)")
     parser.add_argument("--max-images", type=int, default=8, help="use at most this many images")
     parser.add_argument("--steps", type=int, default=2, help="DDIM steps per run")
+    parser.add_argument("--consistency", type=int, default=EngineConfig.consistency,
+                        help=f"back-projection passes per step, as the engine will run (default {EngineConfig.consistency})")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--out", help="PNG of the loss curves (default: calibration-<model>.png)")
@@ -213,7 +215,9 @@ def run_cli(args) -> int:
     png = Path(args.out) if args.out else None
     if png is not None and not png.parent.is_dir():  # fail before the long measurement
         raise OutputError(f"--out {png}: folder {png.parent} does not exist; create it first")
-    cfg = EngineConfig(model=args.model, steps=args.steps, device=args.device, dtype=args.dtype, overlap=0)
+    cfg = EngineConfig(
+        model=args.model, steps=args.steps, consistency=args.consistency, device=args.device, dtype=args.dtype, overlap=0
+    )
     up = Upscaler.from_pretrained(config=cfg)
     card = up.model.card
     crop = args.crop or card.crop
@@ -228,6 +232,7 @@ def run_cli(args) -> int:
         tuple(round(v, 3) for v in levels),
         calibration={
             "date": datetime.date.today().isoformat(), "images": int(hr.shape[0]), "crop": crop, "steps": args.steps,
+            "consistency": args.consistency,
             "grid": [float(t) for t in grid], "w": round(settings["w"], 6), "c_s": round(settings["c_s"], 6),
             "c_f": round(settings["c_f"], 6),
             "fields": {f"{r.scale:g}": (list(r.field) if r.field else None) for r in results},

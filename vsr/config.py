@@ -56,7 +56,9 @@ class EngineConfig:
     size is the output (width, height) and is exclusive with scale; noise_level is t/T
     of the injected noise ("auto" reads the model card's PRF curve at the frame's
     scale); timesteps, when given, is the exact descending DDIM set (0 <= t < T) and
-    overrides steps and noise_level.
+    overrides steps and noise_level. consistency is the number of back-projection
+    passes applied to every step's x0 estimate so the output downscales back to the
+    input (`vsr.sampling.back_project`); 0 is plain noise injection as in Diff-SR.
     """
 
     model: str | None = None
@@ -65,6 +67,7 @@ class EngineConfig:
     steps: int = 2
     timesteps: tuple[int, ...] | None = None
     noise_level: float | Literal["auto"] = "auto"
+    consistency: int = 1
     tile: int | None = None
     overlap: int = 32
     batch: int = 8
@@ -114,6 +117,8 @@ class EngineConfig:
             if not _is_number(self.noise_level) or not 0 < self.noise_level < 1:
                 _fail("noise_level", self.noise_level, "'auto' or a number t/T in (0, 1), e.g. 0.3")
             set_(self, "noise_level", float(self.noise_level))
+        if not _is_int(self.consistency) or not 0 <= self.consistency <= 10:
+            _fail("consistency", self.consistency, "an integer in 0..10 (back-projection passes per step; 0 = off)")
         if self.tile is not None and (not _is_int(self.tile) or self.tile < 8):
             _fail("tile", self.tile, "null (the model card's crop) or an integer >= 8")
         if not _is_int(self.overlap) or self.overlap < 0:

@@ -4,7 +4,8 @@ Per batch of same-size frames, top to bottom:
 1. convert to float [0, 1] once, at the edge, and resize to the target (bicubic, antialiased);
 2. inject noise to t_start (`add_noise`), eps drawn per frame by the noise source;
 3. DDIM from t_start to 0, where each step's denoiser runs the model on all tiles of the
-   full frame(s) and blends the predictions with a smooth window before the step;
+   full frame(s) and blends the predictions with a smooth window before the step, and
+   (config.consistency) back-projects that estimate onto the input's low band;
 4. convert back to the caller's type (numpy, torch, av.VideoFrame, Frame).
 The noise level comes from the model card's PRF curve at the frame's scale unless the
 config says otherwise. Device and dtype are resolved once, on first use.
@@ -27,7 +28,7 @@ from vsr.errors import ConfigError, InputError
 from vsr.frame import Frame
 from vsr.models import LoadedModel, ModelDenoiser, load_model, resolve_device, resolve_dtype
 from vsr.noise import NoiseSource, make_noise
-from vsr.sampling import sample_ddim
+from vsr.sampling import back_project, sample_ddim
 from vsr.schedule import add_noise, eps_from_x0, prf_noise_level, timestep_set
 from vsr.tiling import apply_tiled, pad_to_min, plan_tiles
 
@@ -192,7 +193,16 @@ class Upscaler:
             (x0,) = apply_tiled(lambda crops: (den.predict_x0(crops, t),), xt, tile, overlap, batch)
             return x0, eps_from_x0(xt, x0, t, ac)
 
-        out = sample_ddim(tiled, x_t, ts, ac, callback=callback)
+        project = None
+        if self.config.consistency:
+            low = x.to(den.device, torch.float32) * 2.0 - 1.0
+
+            def project(x0: torch.Tensor) -> torch.Tensor:
+                x0 = x0.clone()
+                x0[..., :h0, :w0] = back_project(x0[..., :h0, :w0], low, self.config.consistency)
+                return x0
+
+        out = sample_ddim(tiled, x_t, ts, ac, project=project, callback=callback)
         return ((out[..., :h0, :w0] + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def tiles_per_frame(self, height: int, width: int) -> int:

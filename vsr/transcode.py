@@ -598,6 +598,8 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help="model folder or hub id (default: the shipped prior)")
     g.add_argument("--steps", type=int, help="DDIM steps after noise injection (1..50)")
     g.add_argument("--noise-level", type=_noise_level, help="t/T in (0, 1), or auto (the model's PRF curve)")
+    g.add_argument("--consistency", type=int, metavar="N",
+                   help="back-projection passes per step so the output downscales to the input (default 1; 0 = off)")
     g.add_argument("--tile", type=int, help="tile size in pixels (default: the model's crop)")
     g.add_argument("--overlap", type=int, help="tile overlap in pixels")
     g.add_argument("--batch", type=int, help="tiles per model call (memory)")
@@ -622,6 +624,7 @@ def engine_config_from_args(args: argparse.Namespace) -> Any:
     overrides = {
         "steps": args.steps,
         "noise_level": args.noise_level,
+        "consistency": args.consistency,
         "tile": args.tile,
         "overlap": args.overlap,
         "batch": args.batch,
