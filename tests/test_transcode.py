@@ -23,7 +23,7 @@ from tests.media import MASTER_DISPLAY, MAX_CLL, audio_packets, decode_video, ma
 from vsr import video
 from vsr.errors import EXIT_CODEC, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_USAGE, OutputError, UsageError
 from vsr.targets import plan_output
-from vsr.transcode import JOURNAL, build_upscaler, temp_dir_for, upscale_video
+from vsr.transcode import JOURNAL, EncodeOptions, build_upscaler, temp_dir_for, upscale_video
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = {"steps": 1, "tile": 32, "overlap": 8, "batch": 8, "device": "cpu"}
@@ -74,7 +74,7 @@ def test_mp4_odd_size_rotation_and_sar(tmp_path, up):
 
 def test_ten_bit_hdr10_stays_ten_bit_with_its_metadata(tmp_path, up):
     src = make_clip(tmp_path / "in.mkv", color="hdr10", audio=("aac",), frames=4)
-    upscale_video(src, tmp_path / "out.mkv", upscaler=up, encoder_options={"preset": "ultrafast"})
+    upscale_video(src, tmp_path / "out.mkv", upscaler=up, encode={"options": {"preset": "ultrafast"}})
     info = video.probe(tmp_path / "out.mkv")
     assert info.bit_depth == 10 and info.pix_fmt == "yuv420p10le"
     assert info.colour == video.Colour(primaries=9, transfer=16, matrix=9, range=1)
@@ -128,7 +128,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, up, batch):
     with pytest.raises(OutputError, match="--resume"):
         upscale_video(src, out, upscaler=up, segment_frames=4)
     with pytest.raises(UsageError, match="crf"):
-        upscale_video(src, out, upscaler=up, segment_frames=4, crf=20, resume=True)
+        upscale_video(src, out, upscaler=up, segment_frames=4, encode=EncodeOptions(crf=20), resume=True)
     result = upscale_video(src, out, upscaler=up, segment_frames=4, resume=True)
     assert result.resumed_frames == 4 and result.frames == 14
     a, ta = decode_video(tmp_path / "ref.mkv")

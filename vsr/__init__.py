@@ -5,7 +5,7 @@ lazy so `vsr --help` and light modules do not pay for torch/diffusers.
 """
 from __future__ import annotations
 
-__all__ = ["EngineConfig", "Upscaler", "upscale_video"]
+__all__ = ["EncodeOptions", "EngineConfig", "Upscaler", "upscale_video"]
 
 
 def __getattr__(name: str):
@@ -17,8 +17,8 @@ def __getattr__(name: str):
         from vsr.config import EngineConfig
 
         return EngineConfig
-    if name == "upscale_video":
-        from vsr.transcode import upscale_video
+    if name in ("upscale_video", "EncodeOptions"):
+        from vsr import transcode
 
-        return upscale_video
+        return getattr(transcode, name)
     raise AttributeError(f"module 'vsr' has no attribute {name!r}")

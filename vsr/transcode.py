@@ -364,32 +364,41 @@ def build_upscaler(model: str | None = None, config: Any = None) -> Any:
     return Upscaler.from_pretrained(model, config=config or EngineConfig())
 
 
-def encoder_settings(
-    info: video.VideoInfo,
-    *,
-    codec: str = "libx264",
-    crf: float | None = None,
-    preset: str | None = None,
-    pix_fmt: str | None = None,
-    ten_bit: bool = False,
-    encoder_options: dict[str, str] | None = None,
-) -> video.EncoderSettings:
-    """Defaults: crf 18; preset medium for x264/x265; yuv420p, or the codec's 10-bit 4:2:0
-    format when asked (`--10bit`) or when the input has more than 8 bits."""
-    video.check_codec(codec)
-    if pix_fmt is None:
-        pix_fmt = video.ten_bit_format(codec) if (ten_bit or info.bit_depth > 8) else "yuv420p"
-    if preset is None and codec in ("libx264", "libx265"):
-        preset = "medium"
-    settings = video.EncoderSettings(
-        codec=codec,
-        crf=18 if crf is None else crf,
-        preset=preset,
-        pix_fmt=pix_fmt,
-        options=tuple(sorted((encoder_options or {}).items())),
-    )
-    video.check_encoder(settings)
-    return settings
+@dataclasses.dataclass(frozen=True)
+class EncodeOptions:
+    """What the caller asks of the video encoder; None means vsr's choice for the input.
+
+    Kept apart from the resolved `video.EncoderSettings` because the defaults depend on
+    the input (10-bit in gives 10-bit out) and are only known after probing it.
+    options: extra codec options (`--encoder-opt k=v`), passed to FFmpeg verbatim.
+    """
+
+    codec: str = "libx264"
+    crf: float | None = None
+    preset: str | None = None
+    pix_fmt: str | None = None
+    ten_bit: bool = False
+    options: dict[str, str] | tuple[tuple[str, str], ...] = ()
+
+    def settings(self, info: video.VideoInfo) -> video.EncoderSettings:
+        """Defaults: crf 18; preset medium for x264/x265; yuv420p, or the codec's 10-bit
+        4:2:0 format when asked (`--10bit`) or when the input has more than 8 bits."""
+        video.check_codec(self.codec)
+        pix_fmt = self.pix_fmt
+        if pix_fmt is None:
+            pix_fmt = video.ten_bit_format(self.codec) if (self.ten_bit or info.bit_depth > 8) else "yuv420p"
+        preset = self.preset
+        if preset is None and self.codec in ("libx264", "libx265"):
+            preset = "medium"
+        settings = video.EncoderSettings(
+            codec=self.codec,
+            crf=18 if self.crf is None else self.crf,
+            preset=preset,
+            pix_fmt=pix_fmt,
+            options=tuple(sorted(dict(self.options).items())),
+        )
+        video.check_encoder(settings)
+        return settings
 
 
 def _engine_record(upscaler: Any) -> Any:
@@ -414,12 +423,7 @@ def upscale_video(
     size: tuple[int, int] | str | None = None,
     fit: str = "pad",
     scale: float | None = None,
-    codec: str = "libx264",
-    crf: float | None = None,
-    preset: str | None = None,
-    pix_fmt: str | None = None,
-    ten_bit: bool = False,
-    encoder_options: dict[str, str] | None = None,
+    encode: EncodeOptions | dict | None = None,
     segment_frames: int | None = None,
     overwrite: bool = False,
     resume: bool = False,
@@ -431,7 +435,8 @@ def upscale_video(
     upscaler: an engine `Upscaler` (or anything with `.stream(frames)` and
     `.with_config(size=(w, h))`); None builds one from `model` and `config` (an
     `EngineConfig`, a dict, or None for the defaults). target/size/fit/scale: see
-    `vsr.targets.plan_output` (default 2x). progress: called from this thread after each
+    `vsr.targets.plan_output` (default 2x). encode: `EncodeOptions` (or a dict of its
+    fields; None: H.264 at crf 18, bit depth kept). progress: called from this thread after each
     frame with {"frames_done", "total" (an estimate, may be None), "fps", "eta_s",
     "elapsed_s"}. preview: instead of a video, write that many side-by-side PNGs beside
     `dst` (see `_preview`). Raises `vsr.errors.VsrError` subclasses for everything a user
@@ -449,9 +454,12 @@ def upscale_video(
         paths = _preview(src, dst, preview, info, plan, up.with_config(size=plan.scaled), overwrite)
         seconds = time.perf_counter() - t0
         return Result(dst, len(paths), 0, seconds, len(paths) / seconds, plan.out, previews=tuple(paths))
-    settings = encoder_settings(
-        info, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, ten_bit=ten_bit, encoder_options=encoder_options
-    )
+    if isinstance(encode, dict):
+        try:
+            encode = EncodeOptions(**encode)
+        except TypeError as exc:
+            raise UsageError(f"encode: {exc}; fields are {', '.join(f.name for f in dataclasses.fields(EncodeOptions))}") from None
+    settings = (encode or EncodeOptions()).settings(info)
     _check_output(src, dst, overwrite)
     fmt = video.StreamFormat(
         settings=settings,
@@ -670,12 +678,10 @@ def run_cli(args: argparse.Namespace) -> int:
         result = upscale_video(
             args.input,
             args.output,
-            codec=args.codec,
-            crf=args.crf,
-            preset=args.preset,
-            pix_fmt=args.pix_fmt,
-            ten_bit=args.ten_bit,
-            encoder_options=dict(args.encoder_opt),
+            encode=EncodeOptions(
+                codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt, ten_bit=args.ten_bit,
+                options=dict(args.encoder_opt),
+            ),
             segment_frames=args.segment_frames,
             overwrite=args.overwrite,
             resume=args.resume,
