@@ -43,6 +43,9 @@ def test_decode_keeps_vfr_pts_and_counts(tmp_path):
     expected = [p * Fraction(1, 90000) for p in vfr_pts(10, Fraction(1, 90000))]
     assert all(abs(t - e) <= frames[0].time_base for t, e in zip(times, expected))
     assert len(set(np.diff([float(t) for t in times]).round(4))) == 3  # three different durations
+    tail = list(video.decode(path, start=6))  # a resumed job: same frames, same timing
+    assert [(f.index, f.pts) for f in tail] == [(f.index, f.pts) for f in frames[6:]]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(tail, frames[6:]))
 
 
 def test_decode_applies_rotation(tmp_path):

@@ -260,9 +260,7 @@ def _run_pipeline(
 
     def decode_worker() -> None:
         try:
-            for f in video.decode(src, info):
-                if f.index < start:
-                    continue
+            for f in video.decode(src, info, start=start):
                 if not _put(q_in, _crop(f, plan.crop), stop):
                     return
             _put(q_in, _End(), stop)

@@ -244,13 +244,16 @@ def _to_rgb(frame: av.VideoFrame, info: VideoInfo) -> np.ndarray:
     )
 
 
-def decode(path: str | os.PathLike, info: VideoInfo | None = None) -> Iterator[Frame]:
+def decode(path: str | os.PathLike, info: VideoInfo | None = None, *, start: int = 0) -> Iterator[Frame]:
     """Yield every frame of the first video stream as an upright RGB `Frame`.
 
     image: HxWx3, uint8 for 8-bit sources, uint16 (0..65535) above; the display rotation
     is applied (np.rot90 counter-clockwise), the SAR is not (see `vsr.targets`).
     pts/time_base: the decoder's presentation timestamps, verbatim (VFR survives);
     frames without pts get one extrapolated from the previous frame. index: 0, 1, 2, ...
+    start: yield from frame index `start` on (a resumed job). The frames before it are
+    still decoded, since the index counts decoded frames and a seek lands on keyframes,
+    but not converted to RGB, which is most of the per-frame cost.
     """
     info = info or probe(path)
     with _open_input(path) as c:
@@ -264,6 +267,10 @@ def decode(path: str | os.PathLike, info: VideoInfo | None = None) -> Iterator[F
                     pts = last_pts + (step or 1)
                 if pts is not None and last_pts is not None and pts > last_pts:
                     step = pts - last_pts
+                if index < start:
+                    last_pts = pts
+                    index += 1
+                    continue
                 img = _to_rgb(frame, info)
                 k = (int(round(frame.rotation / 90.0)) % 4) if frame.rotation else 0
                 if k:
