@@ -74,7 +74,7 @@ def held_out(corpus: str, model: str | None) -> list[Path]:
 
 def run(
     model: str | None, corpus: str, crop: int, steps: int, scales: list[float], grid=GRID, consistency: int = 0,
-    degrade: str = "bicubic",
+    degrade: str = "bicubic", png: str | None = None,
 ) -> dict:
     import tempfile
 
@@ -95,15 +95,18 @@ def run(
             lr = torch.nn.functional.interpolate(hr, size=(n, n), mode="area")
         else:
             lr = resize(hr, n, n)
-        rows = {"bicubic": scores(to_u8(resize(lr, crop, crop)), refs)}
+        images_of = {"bicubic": to_u8(resize(lr, crop, crop))}
+        rows = {"bicubic": scores(images_of["bicubic"], refs)}
         if consistency:  # the same back-projection with no prior: what the diffusion adds on top
             bp = back_project(resize(lr, crop, crop) * 2 - 1, lr * 2 - 1, consistency)
-            rows["bicubic+bp"] = scores(to_u8((bp + 1) / 2), refs)
+            images_of["bicubic+bp"] = to_u8((bp + 1) / 2)
+            rows["bicubic+bp"] = scores(images_of["bicubic+bp"], refs)
         for t in grid:
             u = up.with_config(size=(crop, crop), noise_level=t)
             t0 = time.perf_counter()
             out = u.upscale_tensor(lr)
-            rows[f"t={t}"] = {**scores(to_u8(out), refs), "seconds": time.perf_counter() - t0}
+            images_of[f"t={t}"] = to_u8(out)
+            rows[f"t={t}"] = {**scores(images_of[f"t={t}"], refs), "seconds": time.perf_counter() - t0}
         bic = rows["bicubic"]
         ok = {k: v for k, v in rows.items() if k.startswith("t=") and v["psnr"] >= bic["psnr"] - 1.0}
         best = min(ok, key=lambda k: ok[k]["gmsd"]) if ok else None
@@ -117,7 +120,30 @@ def run(
                 "psnr_within_1db": True,
             }
         results["scales"][str(s)] = {"rows": rows, "verdict": verdict}
+        if png:
+            shown = [k for k in ("bicubic", "bicubic+bp") if k in images_of] + [best or f"t={grid[0]}"]
+            path = f"{png}-{s:g}x.png"
+            mosaic(path, [images_of[k] for k in shown] + [refs], shown + ["truth"])
+            results["scales"][str(s)]["png"] = path
     return results
+
+
+def mosaic(path: str, columns: list[list[np.ndarray]], labels: list[str], n: int = 4, size: int = 96) -> None:
+    """Centre crops (size px, shown 2x, nearest) of the first n images, one column per method."""
+    rows = []
+    for i in range(min(n, len(columns[0]))):
+        cells = []
+        for col in columns:
+            img = col[i]
+            y, x = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
+            cell = cv2.resize(img[y : y + size, x : x + size], (2 * size, 2 * size), interpolation=cv2.INTER_NEAREST)
+            cells.append(np.pad(cell, ((2, 2), (2, 2), (0, 0)), constant_values=255))
+        rows.append(np.concatenate(cells, 1))
+    grid = np.concatenate(rows, 0)
+    head = np.full((24, grid.shape[1], 3), 255, np.uint8)
+    for j, label in enumerate(labels):
+        cv2.putText(head, label, (j * (2 * size + 4) + 6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.imwrite(path, cv2.cvtColor(np.concatenate([head, grid], 0), cv2.COLOR_RGB2BGR))
 
 
 def print_table(results: dict) -> None:
@@ -147,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--degrade", choices=("bicubic", "area"), default="bicubic", help="how the LR input is made")
     p.add_argument("--grid", type=float, nargs="+", default=list(GRID), help="noise levels t/T to try")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--png", metavar="PREFIX", help="also write PREFIX-<scale>x.png: crops of bicubic, back-projection, vsr at its best t/T, truth")
     a = p.parse_args(argv)
-    res = run(a.model, a.corpus, a.crop, a.steps, a.scales, tuple(a.grid), a.consistency, a.degrade)
+    res = run(a.model, a.corpus, a.crop, a.steps, a.scales, tuple(a.grid), a.consistency, a.degrade, a.png)
     print_table(res)
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2))

@@ -62,13 +62,14 @@ CLIPS = {
 }
 
 # vsr settings benchmarked: (label, steps, noise offset from the PRF's t*, noise kind)
-VSR_SETTINGS = {
-    "vsr-s1": (1, 0.0, "shared"),
-    "vsr-s2": (2, 0.0, "shared"),
-    "vsr-s4": (4, 0.0, "shared"),
-    "vsr-s2-t-0.1": (2, -0.1, "shared"),
-    "vsr-s2-t+0.1": (2, 0.1, "shared"),
-    "vsr-s2-fresh": (2, 0.0, "fresh"),
+VSR_SETTINGS = {  # name: (steps, noise level offset from the card's, noise mode, back-projection passes)
+    "vsr-s1": (1, 0.0, "shared", 1),
+    "vsr-s2": (2, 0.0, "shared", 1),
+    "vsr-s4": (4, 0.0, "shared", 1),
+    "vsr-s2-t-0.1": (2, -0.1, "shared", 1),
+    "vsr-s2-t+0.1": (2, 0.1, "shared", 1),
+    "vsr-s2-fresh": (2, 0.0, "fresh", 1),
+    "vsr-s2-plain": (2, 0.0, "shared", 0),  # Diff-SR as published: no back-projection
 }
 
 
@@ -158,13 +159,15 @@ def _make_upscaler(method: str, scale: int, threads: int, model: str | None):
         from vsr.schedule import prf_noise_level  # noqa: PLC0415
 
         torch.set_num_threads(threads)
-        steps, offset, kind = VSR_SETTINGS[method]
-        up = Upscaler.from_pretrained(model, scale=scale, steps=steps, noise=kind, device="cpu", dtype="float32")
+        steps, offset, kind, passes = VSR_SETTINGS[method]
+        up = Upscaler.from_pretrained(
+            model, scale=scale, steps=steps, noise=kind, consistency=passes, device="cpu", dtype="float32"
+        )
         card = up.model.card
         level = prf_noise_level(scale, card.prf_scales, card.prf_t) + offset
         level = min(max(level, 0.01), 0.99)
         up = up.with_config(noise_level=level)
-        return (lambda lr: list(up.stream(list(lr)))), {"noise_level": round(level, 4), "steps": steps, "noise": kind}
+        return (lambda lr: list(up.stream(list(lr)))), {"noise_level": round(level, 4), "steps": steps, "noise": kind, "consistency": passes}
     from benchmarks.peers import make_peer  # noqa: PLC0415
 
     peer = make_peer(method, scale, threads)

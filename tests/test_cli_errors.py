@@ -162,3 +162,13 @@ def test_unknown_x264_preset_is_one_line(clip, tmp_path, capfd):
     """capfd: x264 would print its own line straight to the stderr file descriptor."""
     code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--preset", "bogus"], capfd)
     assert_one_line(code, err, EXIT_CODEC, "preset")
+
+
+def test_encoder_option_nothing_reads_is_an_error_not_ignored(clip, tmp_path, tiny_model_dir, capfd):
+    out = tmp_path / "o.mp4"
+    argv = ["upscale", str(clip), str(out), "--model", str(tiny_model_dir), "--encoder-opt", "tnue=grain"]
+    code, err = run(argv, capfd)
+    assert_one_line(code, err, EXIT_CODEC, "tnue")
+    assert list(tmp_path.iterdir()) == []
+    ok = ["upscale", str(clip), str(out), "--model", str(tiny_model_dir), "--encoder-opt", "tune=grain", "--quiet"]
+    assert main(ok) == 0 and out.stat().st_size > 0  # an option x264 has is taken

@@ -415,13 +415,21 @@ class StreamFormat:
 
 
 def check_encoder_opens(fmt: StreamFormat) -> None:
-    """Open (and drop) an encoder with `fmt`, so refused options fail before any work."""
+    """Open (and drop) an encoder with `fmt`, so refused options fail before any work.
+
+    FFmpeg leaves the options an encoder does not know in the dictionary instead of
+    failing; a user's `--encoder-opt` that nothing reads is a typo or the wrong codec,
+    and silently encoding without it is the kind of surprise that costs a night's job.
+    """
     try:
         cc = av.CodecContext.create(fmt.settings.codec, "w")
         _configure(cc, fmt.settings, fmt.width, fmt.height, fmt.time_base, fmt.rate, fmt.colour, fmt.hdr)
         cc.open()
     except av.FFmpegError as exc:
         raise CodecError(f"{fmt.settings.codec} refused the options {fmt.settings.codec_options(fmt.hdr)}: {_reason(exc)}") from exc
+    unused = sorted(set(dict(cc.options)) & {k for k, _ in fmt.settings.options})
+    if unused:
+        raise CodecError(f"{fmt.settings.codec} has no option {', '.join(unused)} (given with --encoder-opt)")
 
 
 class SegmentWriter:
