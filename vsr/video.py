@@ -116,15 +116,18 @@ class VideoInfo:
 
 
 def route_ffmpeg_logs(verbose: bool) -> None:
-    """Send FFmpeg's own log lines to Python logging ("libav" loggers) when `verbose`,
-    else silence them: the CLI promises one line on stderr per error, and every FFmpeg
+    """Let FFmpeg print its own log lines to stderr when `verbose` (`vsr --debug`), else
+    silence them: the CLI promises one line on stderr per error, and every FFmpeg
     failure vsr cares about comes back as an exception it turns into that line."""
-    # None (PyAV's default) drops FFmpeg's lines in C; a level installs a Python callback
-    # that FFmpeg's worker threads must take the GIL to call, which can deadlock a decode
-    # or encode that holds the GIL while it waits for those threads.
-    av.logging.set_level(av.logging.VERBOSE if verbose else None)
-    if not verbose:  # SVT-AV1 logs to stderr by itself; its level comes from the environment
-        os.environ.setdefault("SVT_LOG", "1")
+    # Never PyAV's Python log callback (set_level(<a level>)): FFmpeg's worker threads
+    # must take the GIL to call it, which can deadlock a decode or encode that holds the
+    # GIL while it waits for those threads. FFmpeg's own callback prints from C.
+    if verbose:
+        av.logging.restore_default_callback()
+        av.logging.set_libav_level(av.logging.VERBOSE)
+    else:
+        av.logging.set_level(None)
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 logs to stderr by itself; its level comes from the environment
 
 
 # ---------------------------------------------------------------------------- reading
