@@ -69,6 +69,7 @@ def make_clip(
     bframes: bool = True,
     pix_fmt: str | None = None,
     attachment: bytes | None = None,
+    first_pts: int = 0,
 ) -> Path:
     """Write a clip to `path` (container from its extension) and return the path.
 
@@ -78,12 +79,13 @@ def make_clip(
     vfr: timestamps from `vfr_pts` in a 1/90000 time base (else 1/fps steps).
     pix_fmt: defaults to yuv420p (yuv420p10le for ten_bit); odd sizes need yuv444p.
     attachment: bytes stored as an attached file "notes.txt" (Matroska only).
+    first_pts: the first frame's pts (clips meant to be joined end to end, e.g. .ts).
     color: "bt709" tags BT.709; "hdr10" makes a 10-bit BT.2020/PQ clip with mastering
     display and content light level SEI (`MASTER_DISPLAY`, `MAX_CLL`); None: untagged.
     """
     path = Path(path)
     time_base = Fraction(1, 90000) if vfr else Fraction(1, fps)
-    pts_list = vfr_pts(frames, time_base) if vfr else list(range(frames))
+    pts_list = vfr_pts(frames, time_base) if vfr else list(range(first_pts, first_pts + frames))
     duration_s = float((pts_list[-1] + (time_base**-1 / fps if not vfr else 1500)) * time_base)
     ten_bit = ten_bit or color == "hdr10"
     pix_fmt = pix_fmt or ("yuv420p10le" if ten_bit else "yuv420p")

@@ -72,6 +72,20 @@ def test_mp4_odd_size_rotation_and_sar(tmp_path, up):
     assert audio_packets(tmp_path / "out.mp4") == audio_packets(src)
 
 
+def test_resolution_change_midstream_gives_one_size_and_every_frame(tmp_path, up, caplog):
+    """Two MPEG-TS clips joined end to end (as broadcast captures are): 64x48, then 96x64."""
+    a = make_clip(tmp_path / "a.ts", width=64, height=48, frames=5, audio=())
+    b = make_clip(tmp_path / "b.ts", width=96, height=64, frames=5, audio=(), first_pts=8)  # the TS muxer shifts a clip by its b-frame delay
+    src = tmp_path / "ab.ts"
+    src.write_bytes(a.read_bytes() + b.read_bytes())
+    frames = list(video.decode(src))
+    assert len(frames) == 10 and {f.image.shape for f in frames} == {(48, 64, 3)}
+    assert "scaling such frames to 64x48" in caplog.text
+    result = upscale_video(src, tmp_path / "out.mp4", upscaler=up, scale=2)
+    assert result.frames == 10 and result.size == (128, 96)
+    assert [f.image.shape for f in video.decode(tmp_path / "out.mp4")] == [(96, 128, 3)] * 10
+
+
 def test_ten_bit_hdr10_stays_ten_bit_with_its_metadata(tmp_path, up):
     src = make_clip(tmp_path / "in.mkv", color="hdr10", audio=("aac",), frames=4)
     upscale_video(src, tmp_path / "out.mkv", upscaler=up, encode={"options": {"preset": "ultrafast"}})

@@ -237,9 +237,13 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
 
 def _to_rgb(frame: av.VideoFrame, info: VideoInfo) -> np.ndarray:
-    """YUV (or whatever the decoder gave) -> HxWx3 RGB with the source's matrix and range."""
+    """YUV (or whatever the decoder gave) -> HxWx3 RGB with the source's matrix and range,
+    at the stream's probed size: a stream whose resolution changes midway (broadcast
+    captures, concatenated TS) is scaled back to it, since one output file has one size."""
     fmt = "rgb48le" if info.bit_depth > 8 else "rgb24"
     return frame.to_ndarray(
+        width=info.width,
+        height=info.height,
         format=fmt,
         src_colorspace=_MATRIX[info.colour.matrix],
         src_color_range=info.colour.range,
@@ -262,7 +266,7 @@ def decode(path: str | os.PathLike, info: VideoInfo | None = None, *, start: int
     with _open_input(path) as c:
         vs = c.streams[info.video_index]
         vs.thread_type = "AUTO"
-        last_pts, step, index = None, None, 0
+        last_pts, step, index, resized = None, None, 0, False
         try:
             for frame in c.decode(vs):
                 pts = frame.pts
@@ -274,6 +278,12 @@ def decode(path: str | os.PathLike, info: VideoInfo | None = None, *, start: int
                     last_pts = pts
                     index += 1
                     continue
+                if (frame.width, frame.height) != (info.width, info.height) and not resized:
+                    resized = True
+                    log.warning(
+                        "frame %d is %dx%d, the stream started at %dx%d: scaling such frames to %dx%d",
+                        index, frame.width, frame.height, info.width, info.height, info.width, info.height,
+                    )
                 img = _to_rgb(frame, info)
                 k = (int(round(frame.rotation / 90.0)) % 4) if frame.rotation else 0
                 if k:
