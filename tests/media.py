@@ -70,6 +70,7 @@ def make_clip(
     pix_fmt: str | None = None,
     attachment: bytes | None = None,
     first_pts: int = 0,
+    interlaced: bool = False,
 ) -> Path:
     """Write a clip to `path` (container from its extension) and return the path.
 
@@ -80,6 +81,9 @@ def make_clip(
     pix_fmt: defaults to yuv420p (yuv420p10le for ten_bit); odd sizes need yuv444p.
     attachment: bytes stored as an attached file "notes.txt" (Matroska only).
     first_pts: the first frame's pts (clips meant to be joined end to end, e.g. .ts).
+    interlaced: x264 field coding (top field first), and each picture woven from two
+    moments (even rows at frame i, odd rows at i + 0.5: the combing of real interlaced
+    capture of motion).
     color: "bt709" tags BT.709; "hdr10" makes a 10-bit BT.2020/PQ clip with mastering
     display and content light level SEI (`MASTER_DISPLAY`, `MAX_CLL`); None: untagged.
     """
@@ -102,6 +106,8 @@ def make_clip(
             vs.codec_context.options = {**opts, "preset": "ultrafast" if not bframes else "veryfast"}
             if codec == "libx265":
                 vs.codec_context.options = {"crf": "20", "preset": "ultrafast", "x265-params": "log-level=error"}
+            if interlaced:
+                vs.codec_context.options = {**vs.codec_context.options, "x264-params": "interlaced=1:tff=1"}
         if sar is not None:
             vs.codec_context.sample_aspect_ratio = sar
         cc = vs.codec_context
@@ -139,6 +145,8 @@ def make_clip(
 
         for i, pts in enumerate(pts_list):
             img = moving_picture(i, width, height, ten_bit=ten_bit)
+            if interlaced:  # odd rows: the bottom field, captured later, after the picture moved 12 px
+                img[1::2] = np.roll(img, 12, axis=1)[1::2]
             frame = av.VideoFrame.from_ndarray(img, format="rgb48le" if ten_bit else "rgb24")
             frame = frame.reformat(format=pix_fmt, dst_colorspace=matrix, dst_color_range="MPEG")
             frame.pts, frame.time_base = pts, time_base

@@ -9,7 +9,7 @@ import pytest
 
 from tests.media import MASTER_DISPLAY, MAX_CLL, audio_packets, make_clip, vfr_pts
 from vsr import video
-from vsr.errors import CodecError, InputError, OutputError
+from vsr.errors import CodecError, InputError, OutputError, UsageError
 
 
 def test_probe_describes_streams_colour_and_timing(tmp_path):
@@ -195,3 +195,29 @@ def test_check_output_fails_early_for_a_container_that_cannot_take_a_stream(tmp_
     with pytest.raises(OutputError, match="try OUT.mkv"):
         video.check_output(src, info, fmt, tmp_path / "out.mov")  # Opus in QuickTime is experimental
     assert not (tmp_path / "out.mov").exists()
+
+
+def _combing(img: np.ndarray) -> float:
+    """Mean |row difference| between the fields over that within one field."""
+    y = img.astype(np.float64).mean(-1)
+    across = np.abs(y[1:-1:2] - y[0:-2:2]).mean() + np.abs(y[1:-1:2] - y[2::2]).mean()
+    within = np.abs(y[2::2] - y[0:-2:2]).mean()
+    return across / 2 / max(within, 1e-6)
+
+
+def test_interlaced_stream_is_deinterlaced_frame_for_frame(tmp_path):
+    path = make_clip(tmp_path / "i.mp4", width=96, height=64, frames=8, audio=(), interlaced=True)
+    progressive = make_clip(tmp_path / "p.mp4", width=96, height=64, frames=3, audio=())
+    assert video.probe(path).interlaced and not video.probe(progressive).interlaced
+    woven = list(video.decode(path, deinterlace="off"))
+    auto = list(video.decode(path))
+    assert [(f.index, f.pts) for f in auto] == [(f.index, f.pts) for f in woven]  # rate and timing kept
+    before = np.mean([_combing(f.image) for f in woven])
+    after = np.mean([_combing(f.image) for f in auto])
+    assert before > 2.0 and after < 0.5 * before, (before, after)
+    resumed = list(video.decode(path, start=5))  # the filter sees the skipped frames too
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(resumed, auto[5:]))
+    forced = list(video.decode(progressive, deinterlace="on"))
+    assert len(forced) == 3
+    with pytest.raises(UsageError, match="deinterlace"):
+        next(video.decode(path, deinterlace="yes"))

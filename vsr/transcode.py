@@ -249,6 +249,7 @@ def _run_pipeline(
     segment_frames: int,
     progress: Progress | None,
     total: int | None,
+    deinterlace: str = "auto",
 ) -> int:
     """Decode -> upscale -> encode from the first unfinished segment; return frames done."""
     stop = threading.Event()
@@ -260,7 +261,7 @@ def _run_pipeline(
 
     def decode_worker() -> None:
         try:
-            for f in video.decode(src, info, start=start):
+            for f in video.decode(src, info, start=start, deinterlace=deinterlace):
                 if not _put(q_in, _crop(f, plan.crop), stop):
                     return
             _put(q_in, _End(), stop)
@@ -420,6 +421,7 @@ def upscale_video(
     target: str | None = None,
     size: tuple[int, int] | str | None = None,
     fit: str = "pad",
+    deinterlace: str = "auto",
     scale: float | None = None,
     encode: EncodeOptions | dict | None = None,
     segment_frames: int | None = None,
@@ -433,7 +435,8 @@ def upscale_video(
     upscaler: an engine `Upscaler` (or anything with `.stream(frames)` and
     `.with_config(size=(w, h))`); None builds one from `model` and `config` (an
     `EngineConfig`, a dict, or None for the defaults). target/size/fit/scale: see
-    `vsr.targets.plan_output` (default 2x). encode: `EncodeOptions` (or a dict of its
+    `vsr.targets.plan_output` (default 2x). deinterlace: "auto" (interlaced streams go
+    through FFmpeg's bwdif, one frame per frame), "on" or "off". encode: `EncodeOptions` (or a dict of its
     fields; None: H.264 at crf 18, bit depth kept). progress: called from this thread after each
     frame with {"frames_done", "total" (an estimate, may be None), "fps", "eta_s",
     "elapsed_s"}. preview: instead of a video, write that many side-by-side PNGs beside
@@ -449,7 +452,7 @@ def upscale_video(
     plan = plan_output(width, height, sar=info.upright_sar, target=target, size=size, scale=scale, fit=fit)  # type: ignore[arg-type]
     if preview is not None:
         up = upscaler if upscaler is not None else build_upscaler(model, config)
-        paths = _preview(src, dst, preview, info, plan, up.with_config(size=plan.scaled), overwrite)
+        paths = _preview(src, dst, preview, info, plan, up.with_config(size=plan.scaled), overwrite, deinterlace)
         seconds = time.perf_counter() - t0
         return Result(dst, len(paths), 0, seconds, len(paths) / seconds, plan.out, previews=tuple(paths))
     if isinstance(encode, dict):
@@ -484,6 +487,7 @@ def upscale_video(
         "version": JOURNAL_VERSION,
         "source": _source_fingerprint(src),
         "plan": dataclasses.asdict(plan),
+        "deinterlace": deinterlace,
         "encoder": dataclasses.asdict(settings),
         "engine": _engine_record(up),
         "segment_frames": segment_frames,
@@ -500,7 +504,7 @@ def upscale_video(
     resumed = state.frames
     frames = resumed
     if not state.done:
-        frames = _run_pipeline(src, info, plan, up, fmt, state, segment_frames, progress, info.frames)
+        frames = _run_pipeline(src, info, plan, up, fmt, state, segment_frames, progress, info.frames, deinterlace)
         state = _open_journal(folder, header, resume=True, overwrite=False)
         if not state.done:
             raise OutputError(f"the job stopped before its end; rerun with --resume (work is kept in {folder})")
@@ -528,7 +532,9 @@ def upscale_video(
     )
 
 
-def _preview(src: Path, dst: Path, count: int, info: video.VideoInfo, plan: Plan, up: Any, overwrite: bool) -> list[Path]:
+def _preview(
+    src: Path, dst: Path, count: int, info: video.VideoInfo, plan: Plan, up: Any, overwrite: bool, deinterlace: str = "auto"
+) -> list[Path]:
     """Write `count` frames, evenly spread over the video, as side-by-side PNGs beside
     `dst` (`<stem>.preview-NN.png`): left the input resized bicubically to the output
     size, right vsr's output. 10-bit sources give 16-bit PNGs."""
@@ -545,7 +551,7 @@ def _preview(src: Path, dst: Path, count: int, info: video.VideoInfo, plan: Plan
     n = info.frames or count
     wanted = sorted({int(round(x)) for x in np.linspace(0, max(n - 1, 0), count)})
     picked: list[Frame] = []
-    for f in video.decode(src, info):
+    for f in video.decode(src, info, deinterlace=deinterlace):
         if f.index in wanted:
             picked.append(_crop(f, plan.crop))
         if len(picked) == len(wanted):
@@ -590,6 +596,8 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--target", help=f"output height preset, aspect kept: {', '.join(PRESETS)}")
     g.add_argument("--size", metavar="WxH", help="exact output size, see --fit")
     g.add_argument("--fit", choices=("pad", "crop", "stretch"), default="pad", help="how --size treats another aspect ratio (default pad)")
+    g.add_argument("--deinterlace", choices=video.DEINTERLACE, default="auto",
+                   help="bwdif, one frame per frame: auto (interlaced streams), on, off (default auto)")
     g.add_argument("--scale", type=float, help="scale factor, e.g. 2 or 2.7")
     g = parser.add_argument_group("encoder")
     g.add_argument("--codec", default="libx264", help="video encoder: libx264 (default), libx265, libsvtav1, libvpx-vp9, ...")
@@ -650,7 +658,8 @@ def run_cli(args: argparse.Namespace) -> int:
     """`vsr upscale`: parse, run with a progress bar or JSON lines, print one summary line."""
     video.route_ffmpeg_logs(verbose=bool(getattr(args, "debug", False)))
     config = engine_config_from_args(args)
-    common = dict(model=args.model, config=config, target=args.target, size=args.size, fit=args.fit, scale=args.scale)
+    common = dict(model=args.model, config=config, target=args.target, size=args.size, fit=args.fit, scale=args.scale,
+                  deinterlace=args.deinterlace)
     if args.preview is not None:
         result = upscale_video(args.input, args.output, preview=args.preview, overwrite=args.overwrite, **common)
         if not args.quiet:

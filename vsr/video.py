@@ -33,7 +33,7 @@ from typing import Any
 import av
 import numpy as np
 
-from vsr.errors import CodecError, InputError, OutputError
+from vsr.errors import CodecError, InputError, OutputError, UsageError
 from vsr.frame import Frame
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ class VideoInfo:
     colour: Colour
     hdr: HDR10 | None
     streams: tuple[StreamInfo, ...] = field(default_factory=tuple)
+    interlaced: bool = False  # the stream declares a field order (or its first frame is interlaced)
 
     @property
     def upright_size(self) -> tuple[int, int]:
@@ -233,6 +234,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             colour=colour,
             hdr=_parse_hdr(first),
             streams=others,
+            interlaced=bool(first.interlaced_frame) or getattr(cc, "field_order", 0) in _INTERLACED_ORDERS,
         )
 
 
@@ -251,7 +253,74 @@ def _to_rgb(frame: av.VideoFrame, info: VideoInfo) -> np.ndarray:
     )
 
 
-def decode(path: str | os.PathLike, info: VideoInfo | None = None, *, start: int = 0) -> Iterator[Frame]:
+_INTERLACED_ORDERS = (2, 3, 4, 5)  # AVFieldOrder: TT, BB, TB, BT (0 unknown, 1 progressive)
+DEINTERLACE = ("auto", "on", "off")
+
+
+def _warn_size_change(frames: Iterator[av.VideoFrame], size: tuple[int, int]) -> Iterator[av.VideoFrame]:
+    warned = False
+    for i, f in enumerate(frames):
+        if (f.width, f.height) != size and not warned:
+            warned = True
+            log.warning(
+                "frame %d is %dx%d, the stream started at %dx%d: scaling such frames to %dx%d",
+                i, f.width, f.height, *size, *size,
+            )
+        yield f
+
+
+def _deinterlaced(frames: Iterator[av.VideoFrame], stream: av.video.stream.VideoStream, mode: str,
+                  size: tuple[int, int]) -> Iterator[tuple[av.VideoFrame, int]]:
+    """(frame, display rotation in degrees) in order; through FFmpeg's bwdif when mode says.
+
+    bwdif in send_frame mode gives one frame per frame (the rate and count stay, so do the
+    timestamps): "auto"/"on" deinterlace the frames flagged interlaced / every frame. An
+    upscaler must see whole frames: two fields woven together turn into combing that a
+    diffusion prior would happily sharpen. Frames of another size (a resolution change)
+    are scaled to `size` first, since the filter graph is built for one size.
+    """
+    if mode == "off":
+        for f in frames:
+            yield f, f.rotation or 0
+        return
+    graph = av.filter.Graph()
+    src = graph.add_buffer(template=stream)
+    bwdif = graph.add("bwdif", f"mode=send_frame:parity=auto:deint={'all' if mode == 'on' else 'interlaced'}")
+    src.link_to(bwdif)
+    bwdif.link_to(graph.add("buffersink"))
+    graph.configure()
+    rotation = 0
+    for f in frames:
+        rotation = f.rotation or 0
+        if (f.width, f.height) != size:
+            g = f.reformat(width=size[0], height=size[1])
+            g.pts, g.time_base = f.pts, f.time_base
+            f = g
+        graph.push(f)
+        for out in _drain(graph, stream.time_base):
+            yield out, rotation
+    graph.push(None)
+    for out in _drain(graph, stream.time_base):
+        yield out, rotation
+
+
+def _drain(graph: av.filter.Graph, time_base: Fraction) -> Iterator[av.VideoFrame]:
+    """The frames the graph has ready, with their pts back in the stream's time base
+    (bwdif halves the time base, since it could double the rate; send_frame does not)."""
+    while True:
+        try:
+            f = graph.pull()
+        except (av.BlockingIOError, av.EOFError):
+            return
+        if f.pts is not None and f.time_base and f.time_base != time_base:
+            f.pts = int(round(f.pts * f.time_base / time_base))
+            f.time_base = time_base
+        yield f
+
+
+def decode(
+    path: str | os.PathLike, info: VideoInfo | None = None, *, start: int = 0, deinterlace: str = "auto"
+) -> Iterator[Frame]:
     """Yield every frame of the first video stream as an upright RGB `Frame`.
 
     image: HxWx3, uint8 for 8-bit sources, uint16 (0..65535) above; the display rotation
@@ -259,16 +328,23 @@ def decode(path: str | os.PathLike, info: VideoInfo | None = None, *, start: int
     pts/time_base: the decoder's presentation timestamps, verbatim (VFR survives);
     frames without pts get one extrapolated from the previous frame. index: 0, 1, 2, ...
     start: yield from frame index `start` on (a resumed job). The frames before it are
-    still decoded, since the index counts decoded frames and a seek lands on keyframes,
-    but not converted to RGB, which is most of the per-frame cost.
+    still decoded (and deinterlaced, which looks at neighbours), since the index counts
+    decoded frames and a seek lands on keyframes, but not converted to RGB, which is most
+    of the per-frame cost.
+    deinterlace: "auto" (when the stream is interlaced, `VideoInfo.interlaced`), "on" or
+    "off"; see `_deinterlaced`.
     """
+    if deinterlace not in DEINTERLACE:
+        raise UsageError(f"deinterlace must be one of {', '.join(DEINTERLACE)}, got {deinterlace!r}")
     info = info or probe(path)
+    mode = "off" if deinterlace == "auto" and not info.interlaced else ("interlaced" if deinterlace == "auto" else deinterlace)
     with _open_input(path) as c:
         vs = c.streams[info.video_index]
         vs.thread_type = "AUTO"
-        last_pts, step, index, resized = None, None, 0, False
+        last_pts, step, index = None, None, 0
         try:
-            for frame in c.decode(vs):
+            frames = _warn_size_change(c.decode(vs), (info.width, info.height))
+            for frame, rotation in _deinterlaced(frames, vs, mode, (info.width, info.height)):
                 pts = frame.pts
                 if pts is None and last_pts is not None:
                     pts = last_pts + (step or 1)
@@ -278,14 +354,8 @@ def decode(path: str | os.PathLike, info: VideoInfo | None = None, *, start: int
                     last_pts = pts
                     index += 1
                     continue
-                if (frame.width, frame.height) != (info.width, info.height) and not resized:
-                    resized = True
-                    log.warning(
-                        "frame %d is %dx%d, the stream started at %dx%d: scaling such frames to %dx%d",
-                        index, frame.width, frame.height, info.width, info.height, info.width, info.height,
-                    )
                 img = _to_rgb(frame, info)
-                k = (int(round(frame.rotation / 90.0)) % 4) if frame.rotation else 0
+                k = (int(round(rotation / 90.0)) % 4) if rotation else 0
                 if k:
                     img = np.ascontiguousarray(np.rot90(img, k))
                 yield Frame(img, pts=pts, time_base=frame.time_base or info.time_base, index=index)
