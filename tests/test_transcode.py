@@ -93,6 +93,10 @@ def test_ten_bit_hdr10_stays_ten_bit_with_its_metadata(tmp_path, up):
     assert info.bit_depth == 10 and info.pix_fmt == "yuv420p10le"
     assert info.colour == video.Colour(primaries=9, transfer=16, matrix=9, range=1)
     assert info.hdr == video.HDR10(MASTER_DISPLAY, MAX_CLL)
+    upscale_video(src, tmp_path / "av1.mkv", upscaler=up, encode={"codec": "libsvtav1", "preset": "12"})
+    info = video.probe(tmp_path / "av1.mkv")
+    assert "av1" in info.codec and info.bit_depth == 10, info
+    assert info.hdr == video.HDR10(MASTER_DISPLAY, MAX_CLL)
 
 
 def test_size_with_pad_and_crop_and_target(tmp_path, up):

@@ -23,6 +23,7 @@ import heapq
 import io
 import logging
 import os
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -67,10 +68,19 @@ class Colour:
 @dataclass(frozen=True)
 class HDR10:
     """Static HDR10 metadata: mastering display (chromaticities in 1/50000, luminance in
-    1/10000 cd/m2, as x264/x265 take them) and content light levels (cd/m2)."""
+    1/10000 cd/m2, as x264/x265 take them) and content light levels (cd/m2). Passed on to
+    x264, x265 and SVT-AV1; other encoders get the colour tags only."""
 
     master_display: str | None = None  # "G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min)"
     max_cll: tuple[int, int] | None = None  # (MaxCLL, MaxFALL)
+
+
+def _decimal_master_display(x265: str) -> str:
+    """x265's integer form (chromaticity in 1/50000, luminance in 1/10000 cd/m2) -> the
+    decimal form SVT-AV1 parses (chromaticity 0-1, cd/m2); integers there are misread."""
+    parts = re.findall(r"(G|B|R|WP|L)\((\d+),(\d+)\)", x265)
+    scale = {"L": 10000}
+    return "".join(f"{k}({int(a) / scale.get(k, 50000):g},{int(b) / scale.get(k, 50000):g})" for k, a, b in parts)
 
 
 @dataclass(frozen=True)
@@ -394,6 +404,14 @@ class EncoderSettings:
                 parts.append("hdr10=1")
             if parts:
                 opts[key] = ":".join(parts)
+        if hdr is not None and self.codec == "libsvtav1":
+            parts = []
+            if hdr.master_display:
+                parts.append(f"mastering-display={_decimal_master_display(hdr.master_display)}")
+            if hdr.max_cll:
+                parts.append(f"content-light={hdr.max_cll[0]},{hdr.max_cll[1]}")
+            if parts:
+                opts["svtav1-params"] = ":".join(parts)
         if self.codec == "libx265":  # x265 prints its own statistics to stderr otherwise
             opts["x265-params"] = ":".join(filter(None, ["log-level=error", opts.get("x265-params")]))
         for k, v in self.options:
