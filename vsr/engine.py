@@ -21,14 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vsr.config import EngineConfig
 from vsr.errors import ConfigError, InputError
 from vsr.frame import Frame
 from vsr.models import LoadedModel, ModelDenoiser, load_model, resolve_device, resolve_dtype
 from vsr.noise import NoiseSource, make_noise
-from vsr.sampling import back_project, sample_ddim
+from vsr.sampling import back_project, resample, sample_ddim
 from vsr.schedule import add_noise, eps_from_x0, prf_noise_level, timestep_set
 from vsr.tiling import apply_tiled, pad_to_min, plan_tiles
 
@@ -41,7 +40,7 @@ def resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(N, C, h, w) float [0, 1] -> (N, C, height, width), bicubic with antialiasing, clamped."""
     if x.shape[-2:] == (height, width):
         return x
-    return F.interpolate(x, size=(height, width), mode="bicubic", antialias=True, align_corners=False).clamp(0.0, 1.0)
+    return resample(x, (height, width)).clamp(0.0, 1.0)
 
 
 class Upscaler:

@@ -50,7 +50,9 @@ def sample_ddim(
     return x
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, C, h, w) -> (N, C, *size): bicubic with antialiasing, unclamped; the one
+    resampler of the engine (its input resize, back-projection, calibration)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
@@ -73,5 +75,5 @@ def back_project(x0: torch.Tensor, low: torch.Tensor, iterations: int = 2) -> to
     size = tuple(x0.shape[-2:])
     small = tuple(low.shape[-2:])
     for _ in range(iterations):
-        x0 = x0 + _resize(low - _resize(x0, small), size)
+        x0 = x0 + resample(low - resample(x0, small), size)
     return x0
