@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from vsr.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
+CORPUS_RECORD = "corpus_manifest.json"  # in a run folder: the manifest of the corpus it trains on
 VAL_T_FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.6)  # the issue asks 0.1-0.6; 0.02-0.05 is where the calibrated field of a small prior lies
 
 
@@ -438,6 +440,7 @@ def train(
         log.info("resumed from %s at step %d", ckpt, trainer.step)
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    _record_corpus(Path(cfg.corpus), run)
     bar = tqdm(total=cfg.steps, initial=trainer.step, disable=not progress, desc="train prior", unit="step")
     started = time.time()
     t_last = time.time()
@@ -468,11 +471,29 @@ def train(
     return trainer
 
 
+def _record_corpus(corpus: Path, run: Path) -> None:
+    """Keep the manifest of the corpus a run trains on beside its checkpoint, so the
+    exported weights can name the exact photographs (and their hash) they learned from."""
+    from vsr.video import file_sha256
+
+    manifest, record = corpus / "manifest.json", run / CORPUS_RECORD
+    if not manifest.is_file():
+        return
+    if not record.exists():
+        shutil.copyfile(manifest, record)
+    elif file_sha256(record) != file_sha256(manifest):
+        log.warning("%s changed since this run started; the run keeps the manifest it started with", manifest)
+
+
 def export(checkpoint: str | Path, out_dir: str | Path, *, dtype: torch.dtype = torch.float16) -> Path:
-    """Write the EMA weights as a diffusers folder (`unet/`, `scheduler/`).
+    """Write the EMA weights as a diffusers folder (`unet/`, `scheduler/`, `training.json`).
 
     Saved in fp16 to meet the 25 MB size budget; the engine casts to its compute dtype.
+    The run's corpus manifest goes along as `training_corpus_manifest.json` (benchmarks
+    use it to leave out every photo the model trained on) and its hash into training.json.
     """
+    from vsr.video import file_sha256
+
     from diffusers.training_utils import EMAModel
 
     try:
@@ -490,9 +511,15 @@ def export(checkpoint: str | Path, out_dir: str | Path, *, dtype: torch.dtype = 
     out = Path(out_dir)
     unet.to(dtype).save_pretrained(out / "unet", safe_serialization=True)
     build_scheduler(cfg).save_pretrained(out / "scheduler")
+    record = Path(checkpoint).parent / CORPUS_RECORD
+    manifest_hash = None
+    if record.is_file():
+        shutil.copyfile(record, out / "training_corpus_manifest.json")
+        manifest_hash = file_sha256(record)
     (out / "training.json").write_text(
         json.dumps(
             {"step": state["step"], "wall_s": round(state.get("wall_s", 0.0), 1), "config": state["config"],
+             "corpus_manifest_sha256": manifest_hash,
              "last_validation": state["history"][-1] if state.get("history") else None},
             indent=2,
         )

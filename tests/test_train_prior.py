@@ -69,9 +69,18 @@ def test_loss_decreases_on_a_fixed_batch(tiny_corpus, tmp_path):
 def test_export_loads_with_diffusers(tiny_corpus, tmp_path):
     from diffusers import DDPMScheduler, UNet2DModel
 
+    import json
+
+    from vsr.video import file_sha256
+
+    (tiny_corpus / "manifest.json").write_text(json.dumps({"images": [{"file": "images/train/chelsea.png"}]}))
     cfg = tiny_cfg(tiny_corpus, tmp_path / "d", steps=2)
     tp.train(cfg, progress=False)
     out = tp.export(tmp_path / "d" / "last.pt", tmp_path / "model")
+    # the weights name the corpus they learned from
+    shipped = out / "training_corpus_manifest.json"
+    assert shipped.read_bytes() == (tiny_corpus / "manifest.json").read_bytes()
+    assert json.loads((out / "training.json").read_text())["corpus_manifest_sha256"] == file_sha256(shipped)
     unet = UNet2DModel.from_pretrained(out / "unet")
     sched = DDPMScheduler.from_pretrained(out / "scheduler")
     assert unet.config.in_channels == 3 * cfg.pixel_unshuffle**2
