@@ -38,7 +38,9 @@ def test_prf_is_the_feasible_set_and_t_star_its_argmin():
     none = find_prf(r, w=0.1, c_s=0.001, c_f=0.001)
     assert none.field is None and none.t_star == 0.3  # no field: best over the whole grid
     assert balance_weight([r]) == pytest.approx(np.mean(r.sig) / np.mean(r.fid))
-    assert monotone([0.2, 0.35, 0.3, 0.5]) == [0.2, 0.35, 0.35, 0.5]
+    assert monotone([0.2, 0.35, 0.3, 0.5]) == pytest.approx([0.2, 0.325, 0.325, 0.5])
+    assert monotone([0.01, 0.075, 0.01, 0.01, 0.01]) == pytest.approx([0.01] + [0.02625] * 4)  # one outlier
+    assert monotone([0.1, 0.2, 0.4]) == [0.1, 0.2, 0.4]
 
 
 def test_calibrate_cli_writes_the_card_and_plots(tiny_model_dir, tmp_path, capsys):

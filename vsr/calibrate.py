@@ -10,8 +10,8 @@ back by the engine with noise injected at t, and compared with the truth:
 w makes both terms the same magnitude (ratio of their means over all measurements); the
 PRF is where L_S <= C_S and w*L_F <= C_F (thresholds: medians over all scales, so hard
 scales can have no field, as 8x in the paper), and t* = argmin L_S + w*L_F inside it
-(over the whole grid when there is none). The curve is made non-decreasing in s before
-it is written to the model card.
+(over the whole grid when there is none). The curve is made non-decreasing in s (the
+least-squares non-decreasing fit, `monotone`) before it is written to the model card.
 """
 from __future__ import annotations
 
@@ -84,8 +84,20 @@ def balance_weight(results: list[ScaleResult]) -> float:
 
 
 def monotone(values: list[float]) -> list[float]:
-    """Running maximum: more upscaling never gets less noise."""
-    return [float(v) for v in np.maximum.accumulate(np.asarray(values, dtype=float))]
+    """The closest non-decreasing curve (least squares): more upscaling never gets less noise.
+
+    Pool-adjacent-violators (isotonic regression, a dozen lines, so no scipy for it).
+    A running maximum would let one scale's outlier (a one-point field at 3x, say) lift
+    every larger scale to it; pooling averages the violators instead.
+    """
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, n2 = blocks.pop()
+            m1, n1 = blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return [m for m, n in blocks for _ in range(int(n))]
 
 
 # -- measuring ----------------------------------------------------------------------
