@@ -490,9 +490,10 @@ def export(checkpoint: str | Path, out_dir: str | Path, *, dtype: torch.dtype = 
 
     Saved in fp16 to meet the 25 MB size budget; the engine casts to its compute dtype.
     The run's corpus manifest goes along as `training_corpus_manifest.json` (benchmarks
-    use it to leave out every photo the model trained on) and its hash into training.json.
+    use it to leave out every photo the model trained on) and its hash, the one `vsr corpus
+    build` prints, into training.json.
     """
-    from vsr.video import file_sha256
+    from pipelines.corpus import manifest_hash
 
     from diffusers.training_utils import EMAModel
 
@@ -512,14 +513,14 @@ def export(checkpoint: str | Path, out_dir: str | Path, *, dtype: torch.dtype = 
     unet.to(dtype).save_pretrained(out / "unet", safe_serialization=True)
     build_scheduler(cfg).save_pretrained(out / "scheduler")
     record = Path(checkpoint).parent / CORPUS_RECORD
-    manifest_hash = None
+    corpus_hash = None
     if record.is_file():
         shutil.copyfile(record, out / "training_corpus_manifest.json")
-        manifest_hash = file_sha256(record)
+        corpus_hash = manifest_hash(json.loads(record.read_text()))
     (out / "training.json").write_text(
         json.dumps(
             {"step": state["step"], "wall_s": round(state.get("wall_s", 0.0), 1), "config": state["config"],
-             "corpus_manifest_sha256": manifest_hash,
+             "corpus_manifest_sha256": corpus_hash,
              "last_validation": state["history"][-1] if state.get("history") else None},
             indent=2,
         )

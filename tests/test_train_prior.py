@@ -71,7 +71,7 @@ def test_export_loads_with_diffusers(tiny_corpus, tmp_path):
 
     import json
 
-    from vsr.video import file_sha256
+    from pipelines.corpus import manifest_hash
 
     (tiny_corpus / "manifest.json").write_text(json.dumps({"images": [{"file": "images/train/chelsea.png"}]}))
     cfg = tiny_cfg(tiny_corpus, tmp_path / "d", steps=2)
@@ -80,7 +80,8 @@ def test_export_loads_with_diffusers(tiny_corpus, tmp_path):
     # the weights name the corpus they learned from
     shipped = out / "training_corpus_manifest.json"
     assert shipped.read_bytes() == (tiny_corpus / "manifest.json").read_bytes()
-    assert json.loads((out / "training.json").read_text())["corpus_manifest_sha256"] == file_sha256(shipped)
+    recorded = json.loads((out / "training.json").read_text())["corpus_manifest_sha256"]
+    assert recorded == manifest_hash(json.loads(shipped.read_text()))
     unet = UNet2DModel.from_pretrained(out / "unet")
     sched = DDPMScheduler.from_pretrained(out / "scheduler")
     assert unet.config.in_channels == 3 * cfg.pixel_unshuffle**2
