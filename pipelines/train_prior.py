@@ -474,14 +474,14 @@ def train(
 def _record_corpus(corpus: Path, run: Path) -> None:
     """Keep the manifest of the corpus a run trains on beside its checkpoint, so the
     exported weights can name the exact photographs (and their hash) they learned from."""
-    from vsr.video import file_sha256
+    from pipelines.corpus import corpus_manifest_hash, manifest_hash
 
     manifest, record = corpus / "manifest.json", run / CORPUS_RECORD
     if not manifest.is_file():
         return
     if not record.exists():
         shutil.copyfile(manifest, record)
-    elif file_sha256(record) != file_sha256(manifest):
+    elif manifest_hash(json.loads(record.read_text())) != corpus_manifest_hash(corpus):
         log.warning("%s changed since this run started; the run keeps the manifest it started with", manifest)
 
 

@@ -177,7 +177,8 @@ class Upscaler:
         indices = list(range(n)) if indices is None else list(indices)
         ts = self.timesteps_for(math.sqrt((H / h) * (W / w)))
         # 1. resize to the target, in [-1, 1]
-        x0_hat = resize(x.to(den.device, torch.float32), H, W) * 2.0 - 1.0
+        x = x.to(den.device, torch.float32)
+        x0_hat = resize(x, H, W) * 2.0 - 1.0
         # 2. inject noise to t_start
         fields = [self._noise(i, H, W) for i in indices]
         same = all(f is fields[0] for f in fields)  # shared noise: one field, broadcast over frames
@@ -194,11 +195,13 @@ class Upscaler:
 
         project = None
         if self.config.consistency:
-            low = x.to(den.device, torch.float32) * 2.0 - 1.0
+            low, passes, padded = x * 2.0 - 1.0, self.config.consistency, x_t.shape[-2:] != (h0, w0)
 
             def project(x0: torch.Tensor) -> torch.Tensor:
-                x0 = x0.clone()
-                x0[..., :h0, :w0] = back_project(x0[..., :h0, :w0], low, self.config.consistency)
+                if not padded:  # the usual case: no copy of the frame
+                    return back_project(x0, low, passes)
+                x0 = x0.clone()  # a frame smaller than a tile: project the picture, not the padding
+                x0[..., :h0, :w0] = back_project(x0[..., :h0, :w0], low, passes)
                 return x0
 
         out = sample_ddim(tiled, x_t, ts, ac, project=project, callback=callback)

@@ -249,13 +249,9 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
 
 def _to_rgb(frame: av.VideoFrame, info: VideoInfo) -> np.ndarray:
-    """YUV (or whatever the decoder gave) -> HxWx3 RGB with the source's matrix and range,
-    at the stream's probed size: a stream whose resolution changes midway (broadcast
-    captures, concatenated TS) is scaled back to it, since one output file has one size."""
+    """YUV (or whatever the decoder gave) -> HxWx3 RGB with the source's matrix and range."""
     fmt = "rgb48le" if info.bit_depth > 8 else "rgb24"
     return frame.to_ndarray(
-        width=info.width,
-        height=info.height,
         format=fmt,
         src_colorspace=_MATRIX[info.colour.matrix],
         src_color_range=info.colour.range,
@@ -267,27 +263,34 @@ _INTERLACED_ORDERS = (2, 3, 4, 5)  # AVFieldOrder: TT, BB, TB, BT (0 unknown, 1 
 DEINTERLACE = ("auto", "on", "off")
 
 
-def _warn_size_change(frames: Iterator[av.VideoFrame], size: tuple[int, int]) -> Iterator[av.VideoFrame]:
+def _same_size(frames: Iterator[av.VideoFrame], size: tuple[int, int]) -> Iterator[av.VideoFrame]:
+    """Frames scaled to `size` where they differ (a resolution change midway: broadcast
+    captures, joined TS), with one warning: one output file has one size, and the
+    deinterlacer's filter graph is built for one size too."""
     warned = False
     for i, f in enumerate(frames):
-        if (f.width, f.height) != size and not warned:
-            warned = True
-            log.warning(
-                "frame %d is %dx%d, the stream started at %dx%d: scaling such frames to %dx%d",
-                i, f.width, f.height, *size, *size,
-            )
+        if (f.width, f.height) != size:
+            if not warned:
+                warned = True
+                log.warning(
+                    "frame %d is %dx%d, the stream started at %dx%d: scaling such frames to %dx%d",
+                    i, f.width, f.height, *size, *size,
+                )
+            g = f.reformat(width=size[0], height=size[1], interpolation="BICUBIC")
+            g.pts, g.time_base = f.pts, f.time_base
+            f = g
         yield f
 
 
-def _deinterlaced(frames: Iterator[av.VideoFrame], stream: av.video.stream.VideoStream, mode: str,
-                  size: tuple[int, int]) -> Iterator[tuple[av.VideoFrame, int]]:
+def _deinterlaced(
+    frames: Iterator[av.VideoFrame], stream: av.video.stream.VideoStream, mode: str
+) -> Iterator[tuple[av.VideoFrame, int]]:
     """(frame, display rotation in degrees) in order; through FFmpeg's bwdif when mode says.
 
     bwdif in send_frame mode gives one frame per frame (the rate and count stay, so do the
     timestamps): "auto"/"on" deinterlace the frames flagged interlaced / every frame. An
     upscaler must see whole frames: two fields woven together turn into combing that a
-    diffusion prior would happily sharpen. Frames of another size (a resolution change)
-    are scaled to `size` first, since the filter graph is built for one size.
+    diffusion prior would happily sharpen.
     """
     if mode == "off":
         for f in frames:
@@ -302,10 +305,6 @@ def _deinterlaced(frames: Iterator[av.VideoFrame], stream: av.video.stream.Video
     rotation = 0
     for f in frames:
         rotation = f.rotation or 0
-        if (f.width, f.height) != size:
-            g = f.reformat(width=size[0], height=size[1])
-            g.pts, g.time_base = f.pts, f.time_base
-            f = g
         graph.push(f)
         for out in _drain(graph, stream.time_base):
             yield out, rotation
@@ -347,14 +346,17 @@ def decode(
     if deinterlace not in DEINTERLACE:
         raise UsageError(f"deinterlace must be one of {', '.join(DEINTERLACE)}, got {deinterlace!r}")
     info = info or probe(path)
-    mode = "off" if deinterlace == "auto" and not info.interlaced else ("interlaced" if deinterlace == "auto" else deinterlace)
+    if deinterlace == "auto":
+        mode = "interlaced" if info.interlaced else "off"
+    else:
+        mode = deinterlace
     with _open_input(path) as c:
         vs = c.streams[info.video_index]
         vs.thread_type = "AUTO"
         last_pts, step, index = None, None, 0
         try:
-            frames = _warn_size_change(c.decode(vs), (info.width, info.height))
-            for frame, rotation in _deinterlaced(frames, vs, mode, (info.width, info.height)):
+            frames = _same_size(c.decode(vs), (info.width, info.height))
+            for frame, rotation in _deinterlaced(frames, vs, mode):
                 pts = frame.pts
                 if pts is None and last_pts is not None:
                     pts = last_pts + (step or 1)
