@@ -1,4 +1,3 @@
-import json
 import math
 import shutil
 
@@ -8,18 +7,33 @@ import yaml
 
 from tests.conftest import build_tiny_model_dir
 from vsr import models
+from vsr.config import EngineConfig
 from vsr.cli import main as cli_main
 from vsr.errors import ModelError
 from vsr.models import ModelCard, ModelDenoiser, load_model, resolve_dtype
 
 
-def test_load_a_diffusers_folder_with_its_card(tiny_model_dir):
-    lm = load_model(tiny_model_dir)
-    assert lm.card.crop == 32 and lm.card.prf_t == (0.2, 0.4, 0.55)
-    assert lm.prediction_type == "epsilon" and lm.num_train_timesteps == 1000
-    assert lm.down_factor == 2 and lm.source == str(tiny_model_dir.resolve())
-    assert lm.alphas_cumprod.dtype == torch.float64 and float(lm.alphas_cumprod[-1]) < 1e-3
-    assert next(lm.net.parameters()).dtype == torch.float32
+def test_load_a_diffusers_folder_with_its_card(tmp_path):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    d = build_tiny_model_dir(tmp_path / "m", crop=48)
+    card = yaml.safe_load((d / "model_card.yaml").read_text())
+    card["prf"] = {"scales": [2, 3], "t": [0.123, 0.321]}
+    (d / "model_card.yaml").write_text(yaml.safe_dump(card))
+    lm = load_model(d)
+    # the weights are the saved ones, in float32, frozen
+    ref = UNet2DModel.from_pretrained(d / "unet")
+    assert all(torch.equal(a, b) for a, b in zip(lm.net.state_dict().values(), ref.state_dict().values()))
+    assert all(not p.requires_grad and p.dtype == torch.float32 for p in lm.net.parameters())
+    # the schedule is the scheduler folder's, in float64
+    ac = DDPMScheduler.from_pretrained(d / "scheduler").alphas_cumprod
+    assert lm.alphas_cumprod.dtype == torch.float64 and torch.equal(lm.alphas_cumprod, ac.double())
+    # the card's values reach the engine: tile = crop, PRF interpolated at the card's points
+    from vsr.engine import Upscaler
+
+    up = Upscaler(lm, EngineConfig(steps=1))
+    assert up.tile == 48 and up.timesteps_for(2.0) == (123,) and up.timesteps_for(3.0) == (321,)
+    assert lm.down_factor == 2 and lm.source == str(d.resolve())
 
 
 def test_folder_without_card_and_root_layout(tmp_path):
@@ -38,7 +52,7 @@ def test_folder_without_card_and_root_layout(tmp_path):
 
 
 def test_missing_models_are_clear_errors(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "shipped_weights_dir", lambda name: tmp_path / "nowhere" / name)
+    monkeypatch.setattr(models.registry, "shipped_weights_dir", lambda name: tmp_path / "nowhere" / name)
     with pytest.raises(ModelError, match="weights of the shipped model 'vsr-prior-s' are missing"):
         load_model(None)
     with pytest.raises(ModelError, match="not found"):
@@ -97,11 +111,47 @@ def test_pixel_unshuffle_stem_is_transparent():
     torch.testing.assert_close(den(x, 3)[0], x)
 
 
-def test_dtype_resolution():
-    cpu = torch.device("cpu")
-    assert resolve_dtype("float32", cpu) == torch.float32
-    assert resolve_dtype("auto", cpu) == (torch.bfloat16 if models.cpu_supports_bf16() else torch.float32)
-    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+def test_denoiser_runs_the_resolved_dtype_and_returns_float32(tiny_model_dir):
+    lm = load_model(tiny_model_dir)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    outs = {}
+    for name in ("float32", "bfloat16"):
+        den = lm.make_denoiser(torch.device("cpu"), resolve_dtype(name, torch.device("cpu")))
+        assert next(den.net.parameters()).dtype == getattr(torch, name)
+        x0, eps = den(x, 300)
+        assert x0.dtype == eps.dtype == torch.float32
+        outs[name] = x0
+    assert next(lm.net.parameters()).dtype == torch.float32  # the loaded weights are not cast in place
+    diff = float((outs["float32"] - outs["bfloat16"]).abs().max())
+    assert 0 < diff < 0.1  # bf16 really ran (not a silent fp32), and agrees to its precision
+
+
+def test_an_unavailable_device_is_a_clear_error():
+    from vsr.device import resolve_device
+    from vsr.errors import ConfigError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="CUDA is not available: use --device cpu"):
+        resolve_device("cuda")
+
+
+@pytest.mark.parametrize("ptype", ["epsilon", "v_prediction", "sample"])
+def test_to_x0_eps_with_per_sample_timesteps_matches_one_timestep(ptype):
+    from vsr.models import to_x0_eps
+
+    ac = torch.linspace(0.999, 0.01, 1000, dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    x_t, out = torch.randn(3, 3, 4, 4, generator=g), torch.randn(3, 3, 4, 4, generator=g)
+    ts = torch.tensor([10, 400, 900])
+    x0, eps = to_x0_eps(out, x_t, ts, ac, ptype)
+    for i, t in enumerate(ts.tolist()):
+        x0_i, eps_i = to_x0_eps(out[i : i + 1], x_t[i : i + 1], t, ac, ptype)
+        torch.testing.assert_close(x0[i : i + 1], x0_i, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(eps[i : i + 1], eps_i, rtol=1e-5, atol=1e-4)
+    # and the pair reproduces x_t: sqrt(a) x0 + sqrt(1 - a) eps
+    a = ac[ts].float().view(-1, 1, 1, 1)
+    torch.testing.assert_close(a.sqrt() * x0 + (1 - a).sqrt() * eps, x_t, rtol=1e-4, atol=1e-4)
 
 
 def test_models_cli_lists_and_shows_cards(tiny_model_dir, tmp_path, monkeypatch, capsys):
@@ -117,7 +167,6 @@ def test_models_cli_lists_and_shows_cards(tiny_model_dir, tmp_path, monkeypatch,
     card = yaml.safe_load(out.split("\n", 1)[1])
     assert card["crop"] == 32 and card["prf"]["t"] == [0.2, 0.4, 0.55]
     assert cli_main(["models", "info", "nope-model"]) == 5
-    assert json.loads((tiny_model_dir / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"] == 1000
 
 
 def test_predict_x0_agrees_with_the_full_prediction(tiny_model_dir):

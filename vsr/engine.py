@@ -25,22 +25,17 @@ import torch
 from vsr.config import EngineConfig
 from vsr.errors import ConfigError, InputError
 from vsr.frame import Frame
-from vsr.models import LoadedModel, ModelDenoiser, load_model, resolve_device, resolve_dtype
-from vsr.noise import NoiseSource, make_noise
-from vsr.sampling import back_project, resample, sample_ddim
-from vsr.schedule import add_noise, eps_from_x0, prf_noise_level, timestep_set
-from vsr.tiling import apply_tiled, pad_to_min, plan_tiles
+from vsr.core.resample import resize
+from vsr.core.schedule import prf_noise_level, timestep_set
+from vsr.core.tiling import TiledDenoiser, plan_tiles
+from vsr.device import resolve_device, resolve_dtype
+from vsr.methods import DEFAULT_METHOD, METHODS
+from vsr.models import LoadedModel, ModelDenoiser, load_model
+from vsr.noise import NoiseContext, NoiseSource, make_noise
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SCALE = 2.0
-
-
-def resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(N, C, h, w) float [0, 1] -> (N, C, height, width), bicubic with antialiasing, clamped."""
-    if x.shape[-2:] == (height, width):
-        return x
-    return resample(x, (height, width)).clamp(0.0, 1.0)
 
 
 class Upscaler:
@@ -158,12 +153,22 @@ class Upscaler:
                 )
             return self.config.timesteps
         level = self.config.noise_level
-        if level == "auto":
+        if level == "auto":  # the noise source's own calibration (a predictor), else the card's PRF
+            level = self._noise.noise_level(scale)
+        if level is None:
             card = self.model.card
             level = prf_noise_level(scale, card.prf_scales, card.prf_t)
         return timestep_set(float(level), self.config.steps, T)
 
     # -- the maths on tensors -----------------------------------------------------
+    @property
+    def method(self):
+        """The upscaling method named by the model card (`vsr.methods.METHODS`)."""
+        name = self.model.card.extra.get("method", DEFAULT_METHOD)
+        if name not in METHODS:
+            raise ConfigError(f"model card 'method' = {name!r} is unknown: expected one of {', '.join(METHODS)}")
+        return METHODS[name]
+
     @torch.inference_mode()
     def upscale_tensor(self, x: torch.Tensor, indices: list[int] | None = None, callback=None) -> torch.Tensor:
         """(N, 3, h, w) float [0, 1] -> (N, 3, H, W) float32 [0, 1] on the engine's device.
@@ -176,36 +181,19 @@ class Upscaler:
         H, W = self.output_size(h, w)
         indices = list(range(n)) if indices is None else list(indices)
         ts = self.timesteps_for(math.sqrt((H / h) * (W / w)))
-        # 1. resize to the target, in [-1, 1]
+        # 1. the input and its resize to the target, in [-1, 1]
         x = x.to(den.device, torch.float32)
-        x0_hat = resize(x, H, W) * 2.0 - 1.0
-        # 2. inject noise to t_start
-        fields = [self._noise(i, H, W) for i in indices]
-        same = all(f is fields[0] for f in fields)  # shared noise: one field, broadcast over frames
-        eps = (fields[0][None] if same else torch.stack(fields)).to(den.device)
-        x_t = add_noise(x0_hat, eps, ts[0], ac)
-        # 3. DDIM on the full frame(s); every step blends the tiles' predictions
-        tile, overlap, batch = self.tile, self.overlap, self.config.batch
-        x_t, (h0, w0) = pad_to_min(x_t, tile, tile)
-
-        def tiled(xt: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-            # blend the tiles' x0 predictions, then the eps consistent with the blend
-            (x0,) = apply_tiled(lambda crops: (den.predict_x0(crops, t),), xt, tile, overlap, batch)
-            return x0, eps_from_x0(xt, x0, t, ac)
-
-        project = None
-        if self.config.consistency:
-            low, passes, padded = x * 2.0 - 1.0, self.config.consistency, x_t.shape[-2:] != (h0, w0)
-
-            def project(x0: torch.Tensor) -> torch.Tensor:
-                if not padded:  # the usual case: no copy of the frame
-                    return back_project(x0, low, passes)
-                x0 = x0.clone()  # a frame smaller than a tile: project the picture, not the padding
-                x0[..., :h0, :w0] = back_project(x0[..., :h0, :w0], low, passes)
-                return x0
-
-        out = sample_ddim(tiled, x_t, ts, ac, project=project, callback=callback)
-        return ((out[..., :h0, :w0] + 1.0) / 2.0).clamp(0.0, 1.0)
+        low, upsampled = x * 2.0 - 1.0, resize(x, H, W) * 2.0 - 1.0
+        # 2. the noise to inject at the start timestep, from the noise source
+        ctx = NoiseContext(tuple(indices), low, upsampled, ts[0], ac, dtype=den.dtype)
+        eps = self._noise(ctx).to(den.device)
+        # 3. the method (Diff-SR: noise injection, DDIM, back-projection) on whole frames;
+        #    the denoiser runs the model on tiles and blends their x0 at every step
+        tiled = TiledDenoiser(den.predict_x0, ac, self.tile, self.overlap, self.config.batch)
+        out = self.method(
+            tiled, low, upsampled, eps, ts, ac, consistency=self.config.consistency, min_size=self.tile, callback=callback
+        )
+        return ((out + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def tiles_per_frame(self, height: int, width: int) -> int:
         """How many model tiles one output frame of height x width needs (per step)."""

@@ -1,0 +1,52 @@
+"""Device and dtype, resolved once at the edge (STYLE.md 8): `--device auto` and
+`--dtype auto` become concrete here, and a model is copied onto them."""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from vsr.errors import ConfigError
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda if available, else mps, else cpu; explicit devices are checked."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{device}' requested but CUDA is not available: use --device cpu or auto")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device 'mps' requested but MPS is not available: use --device cpu or auto")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto': fp16 on CUDA/MPS; bf16 on a CPU with native bf16 support, else fp32."""
+    if dtype != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    if device.type in ("cuda", "mps"):
+        return torch.float16
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+def prepare_net(net: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The net on device/dtype (a copy unless it is already there); channels_last off fp32-CPU."""
+    p = next(iter(net.parameters()), None)
+    if p is not None and p.device == device and p.dtype == dtype:
+        return net
+    # nn.Module.to, not diffusers' override, which warns on every cast of a model without fp32-only modules
+    out = torch.nn.Module.to(copy.deepcopy(net), device=device, dtype=dtype)
+    if not (device.type == "cpu" and dtype == torch.float32):
+        out = out.to(memory_format=torch.channels_last)
+    return out.eval().requires_grad_(False)
