@@ -43,7 +43,7 @@ class TimedNet(torch.nn.Module):
 
 def stand_in_folder(tmp: Path) -> Path:
     """The prior's architecture with random weights, in the shipped layout (plus a card)."""
-    from pipelines.train_prior import TrainConfig, build_scheduler, build_unet
+    from vsr.pipelines.train_prior import TrainConfig, build_scheduler, build_unet
 
     cfg = TrainConfig.from_yaml(REPO / "configs" / "prior" / "vsr-prior-s.yaml")
     folder = tmp / "vsr-prior-s-standin"

@@ -317,7 +317,7 @@ def load_niqe():
     try:
         return load_niqe_model()
     except OSError:
-        log.warning("vsr/assets/niqe_model.npz missing: NIQE left out (python -m pipelines.fit_niqe)")
+        log.warning("vsr/assets/niqe_model.npz missing: NIQE left out (python -m vsr.pipelines.fit_niqe)")
         return None
 
 

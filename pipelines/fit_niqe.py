@@ -1,6 +1,6 @@
 """Fit the NIQE natural-scene-statistics model on the corpus's pristine photographs.
 
-    python -m pipelines.fit_niqe --corpus data/corpus --out vsr/assets/niqe_model.npz
+    python -m vsr.pipelines.fit_niqe --corpus data/corpus --out vsr/assets/niqe_model.npz
 
 NIQE (Mittal et al. 2013) scores an image by how far its patch statistics are from those
 of pristine photographs. The original model was fitted on 125 photographs that cannot be
@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipelines.corpus import corpus_manifest_hash, load_split
+from vsr.pipelines.corpus import corpus_manifest_hash, load_split
 from vsr.errors import InputError, VsrError
 from vsr.metrics import fit_niqe
 
@@ -62,21 +62,21 @@ def fit_from_corpus(corpus: Path, out: Path, *, patch_size: int = 96, sharpness:
         "sharpness_threshold": sharpness,
         "luma": "BT.601 studio range, 0..255 scale",
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": command or f"python -m pipelines.fit_niqe --corpus {corpus} --out {out}",
+        "command": command or f"python -m vsr.pipelines.fit_niqe --corpus {corpus} --out {out}",
     }
     out.with_suffix(".json").write_text(json.dumps(provenance, indent=1, sort_keys=True) + "\n")
     return provenance
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.fit_niqe", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vsr.pipelines.fit_niqe", description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=Path("data/corpus"), help="corpus folder (manifest.json)")
     parser.add_argument("--out", type=Path, default=Path("vsr/assets/niqe_model.npz"))
     parser.add_argument("--patch-size", type=int, default=96)
     parser.add_argument("--sharpness", type=float, default=0.75, help="keep patches above this fraction of the sharpest")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    command = "python -m pipelines.fit_niqe " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m vsr.pipelines.fit_niqe " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         prov = fit_from_corpus(args.corpus, args.out, patch_size=args.patch_size, sharpness=args.sharpness,
                                command=command)

@@ -1,6 +1,6 @@
 """Make vsr's shipped sample clip, `vsr/assets/sample.mp4`, from a scikit-image photograph.
 
-    python -m pipelines.make_sample [--out vsr/assets/sample.mp4]
+    python -m vsr.pipelines.make_sample [--out vsr/assets/sample.mp4]
 
 The clip is what vsr is for: low-resolution video of natural content. A slow camera
 pan (with a gentle zoom) over scikit-image's `coffee` photograph (Rachel Michetti,

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 import yaml
 
 from vsr.errors import ConfigError, InputError
+from vsr.models.adapter import to_x0_eps
 
 log = logging.getLogger(__name__)
 
@@ -299,13 +300,7 @@ def validate(unet, scheduler, crops: torch.Tensor, cfg: TrainConfig) -> dict[str
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             pred = model_output(unet, x_t, t, cfg.pixel_unshuffle).float()
         ac = ac_all[t].view(-1, 1, 1, 1)
-        if cfg.prediction_type == "epsilon":
-            x0_hat = (x_t - (1 - ac).sqrt() * pred) / ac.sqrt()
-        elif cfg.prediction_type == "v_prediction":
-            x0_hat = ac.sqrt() * x_t - (1 - ac).sqrt() * pred
-        else:
-            x0_hat = pred
-        x0_hat = x0_hat.clamp(-1, 1)
+        x0_hat = to_x0_eps(pred, x_t, t, ac_all, cfg.prediction_type)[0].clamp(-1, 1)
         mse = ((x0_hat - x0) ** 2).mean().item() / 4.0
         mse_in = (((x_t / ac.sqrt()).clamp(-1, 1) - x0) ** 2).mean().item() / 4.0
         result[f"psnr@{frac}"] = round(10 * math.log10(1 / max(mse, 1e-12)), 3)
@@ -474,7 +469,7 @@ def train(
 def _record_corpus(corpus: Path, run: Path) -> None:
     """Keep the manifest of the corpus a run trains on beside its checkpoint, so the
     exported weights can name the exact photographs (and their hash) they learned from."""
-    from pipelines.corpus import corpus_manifest_hash, manifest_hash
+    from vsr.pipelines.corpus import corpus_manifest_hash, manifest_hash
 
     manifest, record = corpus / "manifest.json", run / CORPUS_RECORD
     if not manifest.is_file():
@@ -493,7 +488,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, *, dtype: torch.dtype = 
     use it to leave out every photo the model trained on) and its hash, the one `vsr corpus
     build` prints, into training.json.
     """
-    from pipelines.corpus import manifest_hash
+    from vsr.pipelines.corpus import manifest_hash
 
     from diffusers.training_utils import EMAModel
 

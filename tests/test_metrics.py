@@ -184,8 +184,8 @@ def test_moving_content_is_not_counted_as_flicker(photo):
 def test_fit_niqe_command_writes_model_and_provenance(tmp_path, photo):
     import json
 
-    import pipelines.corpus as corpus
-    from pipelines.fit_niqe import main as fit_main
+    import vsr.pipelines.corpus as corpus
+    from vsr.pipelines.fit_niqe import main as fit_main
 
     root = tmp_path / "corpus"
     (root / "images" / "train").mkdir(parents=True)

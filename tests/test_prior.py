@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from vsr.models import shipped_weights_dir
+from vsr.models import shipped_weights_dir, to_x0_eps
 
 WEIGHTS = shipped_weights_dir("vsr-prior-s")
 pytestmark = pytest.mark.skipif(not (WEIGHTS / "unet").is_dir(), reason="shipped prior weights not present")
@@ -21,7 +21,7 @@ def prior():
 
 
 def test_size_and_compute_budgets(prior):
-    from pipelines.train_prior import TrainConfig, count_macs
+    from vsr.pipelines.train_prior import TrainConfig, count_macs
 
     unet, _ = prior
     size = sum(p.stat().st_size for p in WEIGHTS.rglob("*.safetensors"))
@@ -46,7 +46,7 @@ def test_denoises_a_noisy_photo_better_than_leaving_it_noisy(prior, t_frac):
         v = F.pixel_shuffle(unet(F.pixel_unshuffle(x_t, r), t).sample, r)
     ac = sched.alphas_cumprod[t]
     assert sched.config.prediction_type == "v_prediction"
-    x0_hat = (ac.sqrt() * x_t - (1 - ac).sqrt() * v).clamp(-1, 1)
+    x0_hat = to_x0_eps(v, x_t, t, sched.alphas_cumprod, "v_prediction")[0].clamp(-1, 1)
     noisy = (x_t / ac.sqrt()).clamp(-1, 1)
     err_model = float(((x0_hat - x0) ** 2).mean())
     err_noisy = float(((noisy - x0) ** 2).mean())

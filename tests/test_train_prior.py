@@ -71,7 +71,7 @@ def test_export_loads_with_diffusers(tiny_corpus, tmp_path):
 
     import json
 
-    from pipelines.corpus import manifest_hash
+    from vsr.pipelines.corpus import manifest_hash
 
     (tiny_corpus / "manifest.json").write_text(json.dumps({"images": [{"file": "images/train/chelsea.png"}]}))
     cfg = tiny_cfg(tiny_corpus, tmp_path / "d", steps=2)

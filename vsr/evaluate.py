@@ -241,7 +241,7 @@ def run_cli(args: argparse.Namespace) -> int:
         except (OSError, ValueError, KeyError):  # missing, not an .npz, or lacking a field
             raise ModelError(
                 f"NIQE model not found or not readable ({args.niqe_model or 'vsr/assets/niqe_model.npz'}): pass --niqe-model, "
-                "fit one with `python -m pipelines.fit_niqe`, or use --no-niqe"
+                "fit one with `python -m vsr.pipelines.fit_niqe`, or use --no-niqe"
             ) from None
     outputs = _read_frames(args.output, args.max_frames)
     refs = _read_frames(args.reference, args.max_frames) if args.reference else None
