@@ -31,7 +31,7 @@ from vsr.core.tiling import TiledDenoiser, plan_tiles
 from vsr.device import resolve_device, resolve_dtype
 from vsr.methods import DEFAULT_METHOD, METHODS
 from vsr.models import LoadedModel, ModelDenoiser, load_model
-from vsr.noise import NoiseContext, NoiseSource, make_noise
+from vsr.noise import NoiseContext, NoiseSource, NoiseState, make_noise
 
 log = logging.getLogger(__name__)
 
@@ -169,12 +169,20 @@ class Upscaler:
             raise ConfigError(f"model card 'method' = {name!r} is unknown: expected one of {', '.join(METHODS)}")
         return METHODS[name]
 
-    @torch.inference_mode()
     def upscale_tensor(self, x: torch.Tensor, indices: list[int] | None = None, callback=None) -> torch.Tensor:
         """(N, 3, h, w) float [0, 1] -> (N, 3, H, W) float32 [0, 1] on the engine's device.
 
-        indices: each frame's index for the noise source (default 0..N-1).
+        indices: each frame's index for the noise source (default 0..N-1); callback gets
+        the sampler's per-step dict.
         """
+        return self._upscale(x, indices, None, callback)[0]
+
+    @torch.inference_mode()
+    def _upscale(
+        self, x: torch.Tensor, indices: list[int] | None, previous: NoiseState | None, callback=None
+    ) -> tuple[torch.Tensor, NoiseState]:
+        """`upscale_tensor`, given the state of the frame before this batch (for a temporal
+        noise source) and returning the state of the batch's last frame."""
         den = self.denoiser()
         ac = self.model.alphas_cumprod
         n, _, h, w = x.shape
@@ -185,7 +193,7 @@ class Upscaler:
         x = x.to(den.device, torch.float32)
         low, upsampled = x * 2.0 - 1.0, resize(x, H, W) * 2.0 - 1.0
         # 2. the noise to inject at the start timestep, from the noise source
-        ctx = NoiseContext(tuple(indices), low, upsampled, ts[0], ac, dtype=den.dtype)
+        ctx = NoiseContext(tuple(indices), low, upsampled, ts[0], ac, previous, dtype=den.dtype)
         eps = self._noise(ctx).to(den.device)
         # 3. the method (Diff-SR: noise injection, DDIM, back-projection) on whole frames;
         #    the denoiser runs the model on tiles and blends their x0 at every step
@@ -193,7 +201,8 @@ class Upscaler:
         out = self.method(
             tiled, low, upsampled, eps, ts, ac, consistency=self.config.consistency, min_size=self.tile, callback=callback
         )
-        return ((out + 1.0) / 2.0).clamp(0.0, 1.0)
+        state = NoiseState(indices[-1], upsampled[-1], eps[-1])
+        return ((out + 1.0) / 2.0).clamp(0.0, 1.0), state
 
     def tiles_per_frame(self, height: int, width: int) -> int:
         """How many model tiles one output frame of height x width needs (per step)."""
@@ -221,18 +230,21 @@ class Upscaler:
         )
 
     def _call_numpy(self, image: np.ndarray, index: int) -> np.ndarray:
-        return self._upscale_arrays([image], [index])[0]
+        return self._upscale_arrays([image], [index])[0][0]
 
-    def _upscale_arrays(self, images: list[np.ndarray], indices: list[int], callback=None) -> list[np.ndarray]:
-        """Same-size, same-dtype HxWx3 uint8/uint16 arrays -> upscaled arrays of that dtype."""
+    def _upscale_arrays(
+        self, images: list[np.ndarray], indices: list[int], callback=None, previous: NoiseState | None = None
+    ) -> tuple[list[np.ndarray], NoiseState]:
+        """Same-size, same-dtype HxWx3 uint8/uint16 arrays -> upscaled arrays of that dtype,
+        and the noise state of the last one."""
         img = images[0]
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype not in (np.uint8, np.uint16):
             raise InputError(f"expected an HxWx3 uint8 or uint16 RGB array, got shape {img.shape} {img.dtype}")
         peak = 255.0 if img.dtype == np.uint8 else 65535.0
         x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / peak
-        y = self.upscale_tensor(x, indices, callback)
+        y, state = self._upscale(x, indices, previous, callback)
         y = (y * peak).round_().clamp_(0, peak).permute(0, 2, 3, 1).cpu().numpy().astype(img.dtype)
-        return list(y)
+        return list(y), state
 
     def _call_tensor(self, t: torch.Tensor) -> torch.Tensor:
         if t.ndim not in (3, 4) or t.shape[-3] != 3:
@@ -271,13 +283,16 @@ class Upscaler:
         key: tuple | None = None
         per_group = 1
         done = 0
+        state: NoiseState | None = None  # the last frame's, handed to the next group's noise source
         t0 = time.perf_counter()
 
         def flush() -> Iterator[Frame | np.ndarray]:
-            nonlocal done
+            nonlocal done, state
             images = [f.image if isinstance(f, Frame) else f for f in group]
             indices = [f.index if isinstance(f, Frame) else done + k for k, f in enumerate(group)]
-            outs = self._upscale_arrays(images, indices)
+            size = self.output_size(*images[0].shape[:2])
+            follows = state is not None and state.frame_index == indices[0] - 1 and tuple(state.eps.shape[-2:]) == size
+            outs, state = self._upscale_arrays(images, indices, previous=state if follows else None)
             for f, img in zip(group, outs):
                 done += 1
                 yield f.with_image(img) if isinstance(f, Frame) else img

@@ -1,0 +1,102 @@
+"""The seams new capabilities plug into (docs/ARCHITECTURE.md "Where to add"): a noise
+source sees the picture, the start timestep and the previous frame's state; a method is
+picked by the model card; a noise source's own calibration overrides the card's PRF."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.conftest import build_tiny_model_dir
+from tests.media import moving_picture
+from vsr.config import EngineConfig
+from vsr.engine import Upscaler
+from vsr.errors import ConfigError
+from vsr.frame import Frame
+from vsr.methods import METHODS
+from vsr.models import load_model
+from vsr.noise import NoiseContext, SharedNoise
+
+
+class RecordingSource:
+    """A real (if trivial) noise source: the shared field, plus a record of what it saw."""
+
+    def __init__(self, level: float | None = None):
+        self.seen: list[NoiseContext] = []
+        self.level = level
+        self.base = SharedNoise(0)
+
+    def __call__(self, ctx: NoiseContext) -> torch.Tensor:
+        self.seen.append(ctx)
+        return self.base(ctx)
+
+    def noise_level(self, scale: float) -> float | None:
+        return self.level
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return load_model(build_tiny_model_dir(tmp_path_factory.mktemp("seams") / "tiny"))
+
+
+def test_a_noise_source_sees_the_pictures_the_timestep_and_the_previous_frame(model):
+    src = RecordingSource()
+    up = Upscaler(model, EngineConfig(scale=2, steps=1, noise_level=0.25, dtype="float32", batch=1), noise=src)
+    frames = [Frame(moving_picture(i, 40, 24), pts=i, time_base=None, index=i) for i in range(4)]
+    outs = list(up.stream(frames))
+    assert [o.index for o in outs] == [0, 1, 2, 3]
+    assert [c.frame_indices for c in src.seen] == [(0,), (1,), (2,), (3,)]
+    assert {c.timestep for c in src.seen} == {250}
+    first = src.seen[0]
+    assert first.low.shape == (1, 3, 24, 40) and first.upsampled.shape == (1, 3, 48, 80)
+    expected_low = torch.from_numpy(moving_picture(0, 40, 24)).permute(2, 0, 1).float() / 255 * 2 - 1
+    torch.testing.assert_close(first.low[0], expected_low)
+    # the previous frame's state reaches the next batch (what a flow-warped source needs)
+    assert first.previous is None
+    assert [c.previous.frame_index for c in src.seen[1:]] == [0, 1, 2]
+    torch.testing.assert_close(src.seen[2].previous.upsampled, src.seen[1].upsampled[0])
+    # the same source, the same pictures: the output is the plain shared-noise engine's
+    plain = Upscaler(model, EngineConfig(scale=2, steps=1, noise_level=0.25, dtype="float32", batch=1))
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(outs, plain.stream(frames)))
+
+
+def test_a_gap_in_frame_indices_resets_the_previous_state(model):
+    src = RecordingSource()
+    up = Upscaler(model, EngineConfig(scale=2, steps=1, dtype="float32", batch=1), noise=src)
+    frames = [Frame(moving_picture(i, 40, 24), pts=i, time_base=None, index=i) for i in (0, 1, 5)]
+    list(up.stream(frames))
+    assert [c.previous.frame_index if c.previous else None for c in src.seen] == [None, 0, None]
+
+
+def test_a_source_calibration_overrides_the_card_prf(model):
+    up = Upscaler(model, EngineConfig(scale=2, steps=1), noise=RecordingSource(level=0.031))
+    assert up.timesteps_for(2.0) == (31,)
+    up = Upscaler(model, EngineConfig(scale=2, steps=1), noise=RecordingSource(level=None))
+    assert up.timesteps_for(2.0) == (200,)  # the card: prf t 0.2 at 2x
+    up = Upscaler(model, EngineConfig(scale=2, steps=1, noise_level=0.1), noise=RecordingSource(level=0.031))
+    assert up.timesteps_for(2.0) == (100,)  # an explicit level wins
+
+
+def test_the_card_picks_the_method(tmp_path):
+    d = build_tiny_model_dir(tmp_path / "m")
+    card = yaml.safe_load((d / "model_card.yaml").read_text())
+    calls = []
+
+    def traced(*args, **kw):
+        calls.append(kw["consistency"])
+        return METHODS["diffsr"](*args, **kw)
+
+    METHODS["traced-test"] = traced
+    try:
+        card["method"] = "traced-test"
+        (d / "model_card.yaml").write_text(yaml.safe_dump(card))
+        up = Upscaler.from_pretrained(str(d), scale=2, steps=1, consistency=2, dtype="float32")
+        out = up(moving_picture(0, 40, 24))
+        assert calls == [2] and out.shape == (48, 80, 3)
+        card["method"] = "no-such-paper"
+        (d / "model_card.yaml").write_text(yaml.safe_dump(card))
+        with pytest.raises(ConfigError, match="no-such-paper.*diffsr"):
+            Upscaler.from_pretrained(str(d), scale=2)(moving_picture(0, 40, 24))
+    finally:
+        del METHODS["traced-test"]
