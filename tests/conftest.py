@@ -58,3 +58,14 @@ def build_tiny_model_dir(
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny epsilon-prediction model folder (crop 32, no pixel-unshuffle); read-only please."""
     return build_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-eps")
+
+
+TINY_ENGINE = {"steps": 1, "tile": 32, "overlap": 8, "batch": 8, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def up(tiny_model_dir):
+    """The tiny model's engine as the job tests run it: 1 DDIM step, 32-px tiles, CPU."""
+    from vsr.pipelines.transcode import build_upscaler
+
+    return build_upscaler(str(tiny_model_dir), TINY_ENGINE)

@@ -71,6 +71,7 @@ def make_clip(
     attachment: bytes | None = None,
     first_pts: int = 0,
     interlaced: bool = False,
+    keyint: int | None = None,
 ) -> Path:
     """Write a clip to `path` (container from its extension) and return the path.
 
@@ -84,6 +85,7 @@ def make_clip(
     interlaced: x264 field coding (top field first), and each picture woven from two
     moments (even rows at frame i, odd rows at i + 0.5: the combing of real interlaced
     capture of motion).
+    keyint: at most this many frames between keyframes (places `decode(start=)` can seek to).
     color: "bt709" tags BT.709; "hdr10" makes a 10-bit BT.2020/PQ clip with mastering
     display and content light level SEI (`MASTER_DISPLAY`, `MAX_CLL`); None: untagged.
     """
@@ -108,6 +110,8 @@ def make_clip(
                 vs.codec_context.options = {"crf": "20", "preset": "ultrafast", "x265-params": "log-level=error"}
             if interlaced:
                 vs.codec_context.options = {**vs.codec_context.options, "x264-params": "interlaced=1:tff=1"}
+        if keyint is not None:
+            vs.codec_context.gop_size = keyint
         if sar is not None:
             vs.codec_context.sample_aspect_ratio = sar
         cc = vs.codec_context
@@ -210,3 +214,27 @@ def decode_video(path: str | Path) -> tuple[list[np.ndarray], list[float]]:
             frames.append(f.to_ndarray(format="rgb24"))
             times.append(float(f.pts * f.time_base))
         return frames, times
+
+
+def stream_format(info=None, *, width: int = 48, height: int = 32, global_header: bool = True, **settings):
+    """A `vsr.io.StreamFormat` for tests: `info`'s timing and colour (None: 1/24 s, no rate,
+    untagged), settings as `EncoderSettings(**settings)` (default: preset ultrafast)."""
+    from vsr import io
+
+    enc = io.EncoderSettings(**{"preset": "ultrafast", **settings})
+    if info is None:
+        return io.StreamFormat(enc, width, height, Fraction(1, 24), None, io.Colour(), None, global_header)
+    return io.StreamFormat(enc, width, height, info.time_base, info.rate, info.colour, None, global_header)
+
+
+def remux(src: str | Path, dst: str | Path, fmt, info=None, frames=None) -> list[str]:
+    """Encode `frames` (default: every frame of `src`) into one segment file beside `dst`,
+    then assemble it with `src`'s other streams into `dst`; returns the dropped streams."""
+    from vsr import io
+
+    info = info or io.probe(src)
+    seg = Path(dst).with_suffix(".vsrseg")
+    with io.SegmentWriter(seg, fmt) as w:
+        for f in frames if frames is not None else io.decode(src, info):
+            w.write(f)
+    return io.assemble(src, info, [seg], dst, fmt)

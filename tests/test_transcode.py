@@ -23,17 +23,9 @@ from tests.media import MASTER_DISPLAY, MAX_CLL, audio_packets, decode_video, ma
 from vsr import video
 from vsr.errors import EXIT_CODEC, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_USAGE, OutputError, UsageError
 from vsr.targets import plan_output
-from vsr.transcode import JOURNAL, EncodeOptions, build_upscaler, temp_dir_for, upscale_video
+from vsr.transcode import JOURNAL, EncodeOptions, temp_dir_for, upscale_video
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINE = {"steps": 1, "tile": 32, "overlap": 8, "batch": 8, "device": "cpu"}
-
-
-@pytest.fixture(scope="module")
-def up(tiny_model_dir):
-    return build_upscaler(str(tiny_model_dir), ENGINE)
-
-
 def _times(path):
     return decode_video(path)[1]
 

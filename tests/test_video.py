@@ -7,7 +7,7 @@ import av
 import numpy as np
 import pytest
 
-from tests.media import MASTER_DISPLAY, MAX_CLL, audio_packets, make_clip, vfr_pts
+from tests.media import MASTER_DISPLAY, MAX_CLL, audio_packets, make_clip, remux, stream_format, vfr_pts
 from vsr import video
 from vsr.errors import CodecError, InputError, OutputError, UsageError
 
@@ -66,8 +66,7 @@ def test_decode_ten_bit_gives_uint16(tmp_path):
 def test_segment_file_round_trip_and_abort(tmp_path):
     src = make_clip(tmp_path / "s.mp4", audio=(), frames=6)
     info = video.probe(src)
-    fmt = video.StreamFormat(video.EncoderSettings(preset="ultrafast"), 48, 32, info.time_base, info.rate,
-                             info.colour, None, global_header=True)
+    fmt = stream_format(info)
     frames = list(video.decode(src))
     with video.SegmentWriter(tmp_path / "one.vsrseg", fmt) as w:
         for f in frames:
@@ -76,7 +75,6 @@ def test_segment_file_round_trip_and_abort(tmp_path):
     assert len(packets) == 6 and packets[0][3]  # starts with a keyframe
     assert sorted(p[0] for p in packets) == [f.pts for f in frames]
     w = video.SegmentWriter(tmp_path / "two.vsrseg", fmt)
-    digest = None
     w.write(frames[0])
     w.abort()
     assert not list(tmp_path.glob("two.vsrseg*"))
@@ -89,12 +87,7 @@ def test_segment_file_round_trip_and_abort(tmp_path):
 def test_assemble_copies_other_streams_bit_identical(tmp_path):
     src = make_clip(tmp_path / "in.mkv", audio=("aac", "libopus"), subtitles=True, chapters=True, frames=8)
     info = video.probe(src)
-    fmt = video.StreamFormat(video.EncoderSettings(preset="ultrafast"), 48, 32, info.time_base, info.rate,
-                             info.colour, None, video.needs_global_header("out.mkv"))
-    with video.SegmentWriter(tmp_path / "a.vsrseg", fmt) as w:
-        for f in video.decode(src):
-            w.write(f)
-    dropped = video.assemble(src, info, [tmp_path / "a.vsrseg"], tmp_path / "out.mkv", fmt)
+    dropped = remux(src, tmp_path / "out.mkv", stream_format(info, global_header=video.needs_global_header("out.mkv")), info)
     assert dropped == []
     assert audio_packets(tmp_path / "out.mkv") == audio_packets(src)
     with av.open(str(src)) as a, av.open(str(tmp_path / "out.mkv")) as b:
@@ -106,12 +99,7 @@ def test_assemble_copies_other_streams_bit_identical(tmp_path):
 def test_assemble_leaves_out_what_the_container_cannot_hold(tmp_path):
     src = make_clip(tmp_path / "in.mkv", audio=("aac",), subtitles=True, frames=4)
     info = video.probe(src)
-    fmt = video.StreamFormat(video.EncoderSettings(preset="ultrafast"), 48, 32, info.time_base, info.rate,
-                             info.colour, None, True)
-    with video.SegmentWriter(tmp_path / "a.vsrseg", fmt) as w:
-        for f in video.decode(src):
-            w.write(f)
-    dropped = video.assemble(src, info, [tmp_path / "a.vsrseg"], tmp_path / "out.mp4", fmt)
+    dropped = remux(src, tmp_path / "out.mp4", stream_format(info), info)
     assert dropped == ["stream 2 (subtitle srt)"]  # SubRip has no place in MP4
     payloads = [[p[0] for p in s] for s in audio_packets(tmp_path / "out.mp4")]
     assert payloads == [[p[0] for p in audio_packets(src)[0]]]  # same bytes; MP4 retimes to 1/48000
@@ -150,9 +138,7 @@ def test_encoder_checks_are_codec_errors():
         video.check_encoder(video.EncoderSettings(codec="libx264", pix_fmt="rgb24"))
     assert video.ten_bit_format("libx264") == "yuv420p10le"
     with pytest.raises(CodecError, match="refused"):
-        fmt = video.StreamFormat(video.EncoderSettings(preset="no-such-preset"), 64, 48, Fraction(1, 24), None,
-                                 video.Colour(), None, True)
-        video.check_encoder_opens(fmt)
+        video.check_encoder_opens(stream_format(width=64, height=48, preset="no-such-preset"))
 
 
 def test_full_range_untagged_source_keeps_range_and_colours(tmp_path):
@@ -176,12 +162,7 @@ def test_full_range_untagged_source_keeps_range_and_colours(tmp_path):
     assert info.colour == video.Colour(primaries=2, transfer=2, matrix=6, range=2)
     frames = list(video.decode(src, info))
     np.testing.assert_allclose(frames[0].image[8, [4, 24, 40]], [[0, 0, 0], [255, 255, 255], [30, 200, 90]], atol=3)
-    fmt = video.StreamFormat(video.EncoderSettings(preset="ultrafast", crf=8), 48, 32, info.time_base, info.rate,
-                             info.colour, None, True)
-    with video.SegmentWriter(tmp_path / "s.vsrseg", fmt) as w:
-        for f in frames:
-            w.write(f)
-    video.assemble(src, info, [tmp_path / "s.vsrseg"], tmp_path / "out.mp4", fmt)
+    remux(src, tmp_path / "out.mp4", stream_format(info, crf=8), info, frames)
     assert video.probe(tmp_path / "out.mp4").colour == info.colour
     again = next(video.decode(tmp_path / "out.mp4")).image
     np.testing.assert_allclose(again[8, [4, 24, 40]], [[0, 0, 0], [255, 255, 255], [30, 200, 90]], atol=4)
@@ -190,7 +171,7 @@ def test_full_range_untagged_source_keeps_range_and_colours(tmp_path):
 def test_check_output_fails_early_for_a_container_that_cannot_take_a_stream(tmp_path):
     src = make_clip(tmp_path / "in.mkv", audio=("libopus",), frames=2)
     info = video.probe(src)
-    fmt = video.StreamFormat(video.EncoderSettings(), 96, 64, info.time_base, info.rate, info.colour, None, True)
+    fmt = stream_format(info, width=96, height=64, preset="medium")
     assert video.check_output(src, info, fmt, tmp_path / "out.mkv") == []
     with pytest.raises(OutputError, match="try OUT.mkv"):
         video.check_output(src, info, fmt, tmp_path / "out.mov")  # Opus in QuickTime is experimental

@@ -18,7 +18,7 @@ def __getattr__(name: str):
 
         return EngineConfig
     if name in ("upscale_video", "EncodeOptions"):
-        from vsr import transcode
+        from vsr.pipelines import transcode
 
         return getattr(transcode, name)
     raise AttributeError(f"module 'vsr' has no attribute {name!r}")

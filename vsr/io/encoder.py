@@ -1,0 +1,209 @@
+"""What the output video is encoded with: codec checks, `EncoderSettings`, `StreamFormat`.
+
+Every check here fails before any work is done, with a `CodecError` naming what to change.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from vsr.errors import CodecError, OutputError
+from vsr.frame import Frame
+from vsr.io.source import HDR10, MATRIX, Colour, reason
+
+
+def _decimal_master_display(x265: str) -> str:
+    """x265's integer form (chromaticity in 1/50000, luminance in 1/10000 cd/m2) -> the
+    decimal form SVT-AV1 parses (chromaticity 0-1, cd/m2); integers there are misread."""
+    parts = re.findall(r"(G|B|R|WP|L)\((\d+),(\d+)\)", x265)
+    scale = {"L": 10000}
+    return "".join(f"{k}({int(a) / scale.get(k, 50000):g},{int(b) / scale.get(k, 50000):g})" for k, a, b in parts)
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """How the video is encoded. options: extra codec options (`--encoder-opt k=v`),
+    passed to FFmpeg verbatim after crf/preset."""
+
+    codec: str = "libx264"
+    crf: float | None = 18
+    preset: str | None = "medium"
+    pix_fmt: str = "yuv420p"
+    options: tuple[tuple[str, str], ...] = ()
+
+    def codec_options(self, hdr: HDR10 | None = None) -> dict[str, str]:
+        opts: dict[str, str] = {}
+        if self.crf is not None:
+            opts["crf"] = f"{self.crf:g}"
+        if self.preset is not None:
+            opts["preset"] = str(self.preset)
+        if hdr is not None and self.codec in ("libx264", "libx265"):
+            key = "x264-params" if self.codec == "libx264" else "x265-params"
+            parts = []
+            if hdr.master_display:
+                parts.append(f"mastering-display={hdr.master_display}" if self.codec == "libx264" else f"master-display={hdr.master_display}")
+            if hdr.max_cll:
+                parts.append(f"cll={hdr.max_cll[0]},{hdr.max_cll[1]}" if self.codec == "libx264" else f"max-cll={hdr.max_cll[0]},{hdr.max_cll[1]}")
+            if self.codec == "libx265":
+                parts.append("hdr10=1")
+            if parts:
+                opts[key] = ":".join(parts)
+        if hdr is not None and self.codec == "libsvtav1":
+            parts = []
+            if hdr.master_display:
+                parts.append(f"mastering-display={_decimal_master_display(hdr.master_display)}")
+            if hdr.max_cll:
+                parts.append(f"content-light={hdr.max_cll[0]},{hdr.max_cll[1]}")
+            if parts:
+                opts["svtav1-params"] = ":".join(parts)
+        if self.codec == "libx265":  # x265 prints its own statistics to stderr otherwise
+            opts["x265-params"] = ":".join(filter(None, ["log-level=error", opts.get("x265-params")]))
+        for k, v in self.options:
+            if k in opts and k.endswith("-params"):
+                opts[k] = f"{opts[k]}:{v}"
+            else:
+                opts[k] = v
+        return opts
+
+
+def video_encoders() -> list[str]:
+    """Names of the video encoders this PyAV build has (for error messages)."""
+    names = []
+    for name in sorted(av.codecs_available):
+        try:
+            c = av.codec.Codec(name, "w")
+        except Exception:  # noqa: BLE001 - decoders-only names raise here
+            continue
+        if c.type == "video":
+            names.append(name)
+    return names
+
+
+def check_codec(name: str) -> None:
+    """Raise CodecError (one line, what to do) if `name` is not a video encoder here."""
+    try:
+        codec = av.codec.Codec(name, "w")
+    except Exception as exc:  # noqa: BLE001 - PyAV raises several types for unknown names
+        have = video_encoders()
+        common = [c for c in ("libx264", "libx265", "libsvtav1", "libvpx-vp9", "mpeg4", "ffv1") if c in have]
+        raise CodecError(f"unknown encoder {name!r}: try one of {', '.join(common)}") from exc
+    if codec.type != "video":
+        raise CodecError(f"{name!r} is a {codec.type} encoder, not a video one")
+
+
+# x264/x265 check a preset name before FFmpeg's log callback is in place, so a bad one
+# prints its own line on stderr: catch it here instead (the lists are the same for both).
+X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
+
+
+def check_encoder(settings: EncoderSettings) -> None:
+    """Raise CodecError if the codec is unknown, cannot take the pixel format, or (x264,
+    x265) does not know the preset."""
+    check_codec(settings.codec)
+    preset = (settings.preset or "").lower()
+    if settings.codec in ("libx264", "libx265") and preset and not (preset in X26X_PRESETS or preset.isdigit()):
+        raise CodecError(f"{settings.codec} has no preset {settings.preset!r}: use --preset {', '.join(X26X_PRESETS)}")
+    formats = [f.name for f in (av.codec.Codec(settings.codec, "w").video_formats or ())]
+    if formats and settings.pix_fmt not in formats:
+        raise CodecError(f"{settings.codec} cannot encode {settings.pix_fmt}: use --pix-fmt {' or '.join(formats[:6])}")
+
+
+def ten_bit_format(codec: str) -> str:
+    """The 10-bit 4:2:0 format of `codec` (CodecError if it has none)."""
+    c = av.codec.Codec(codec, "w")
+    formats = [f.name for f in (c.video_formats or ())]
+    for name in ("yuv420p10le", "yuv420p10be", "p010le"):
+        if name in formats:
+            return name
+    raise CodecError(f"{codec} has no 10-bit 4:2:0 format: pick --codec libx264, libx265 or libsvtav1")
+
+
+def needs_global_header(dst: str | os.PathLike) -> bool:
+    """Whether the container for `dst` (by its extension) keeps codec headers out of band."""
+    fmt = output_format(dst)
+    return bool(int(fmt.flags) & av.format.Flags.global_header.value)
+
+
+def output_format(dst: str | os.PathLike) -> av.format.ContainerFormat:
+    ext = Path(dst).suffix.lower().lstrip(".")
+    names = {"mkv": "matroska", "mov": "mov", "mp4": "mp4", "m4v": "mp4", "webm": "webm", "ts": "mpegts", "avi": "avi"}
+    try:
+        return av.format.ContainerFormat(names.get(ext, ext), "w")
+    except Exception as exc:  # noqa: BLE001
+        raise OutputError(f"cannot tell the container format from {Path(dst).name!r}: end OUT with .mp4, .mkv or .mov") from exc
+
+
+@dataclass(frozen=True)
+class StreamFormat:
+    """Everything the encoder needs to know about the output video: size in pixels, the
+    time base of the pts it is given (the source video stream's), the frame rate (None:
+    variable/unknown), colour tags and HDR10 metadata, and whether the container keeps
+    codec headers out of band (`needs_global_header`)."""
+
+    settings: EncoderSettings
+    width: int
+    height: int
+    time_base: Fraction
+    rate: Fraction | None
+    colour: Colour
+    hdr: HDR10 | None
+    global_header: bool
+
+
+def configure(cc: av.VideoCodecContext, fmt: StreamFormat) -> None:
+    """Set `fmt` on an encoder's (or an output stream's) codec context; square pixels."""
+    cc.width, cc.height, cc.pix_fmt = fmt.width, fmt.height, fmt.settings.pix_fmt
+    cc.time_base = fmt.time_base
+    if fmt.rate:
+        cc.framerate = fmt.rate
+    cc.sample_aspect_ratio = Fraction(1, 1)
+    cc.color_primaries, cc.color_trc = fmt.colour.primaries, fmt.colour.transfer
+    cc.colorspace, cc.color_range = fmt.colour.matrix if fmt.colour.matrix != 10 else 9, fmt.colour.range
+    cc.options = fmt.settings.codec_options(fmt.hdr)
+
+
+def open_encoder(fmt: StreamFormat, *, global_header: bool) -> av.VideoCodecContext:
+    """A fresh, opened encoder for `fmt` (CodecError if FFmpeg refuses it)."""
+    try:
+        cc = av.CodecContext.create(fmt.settings.codec, "w")
+        configure(cc, fmt)
+        if global_header:
+            cc.flags |= av.codec.context.Flags.global_header
+        cc.open()
+    except av.FFmpegError as exc:
+        raise CodecError(f"{fmt.settings.codec} refused the options {fmt.settings.codec_options(fmt.hdr)}: {reason(exc)}") from exc
+    return cc
+
+
+def check_encoder_opens(fmt: StreamFormat) -> None:
+    """Open (and drop) an encoder with `fmt`, so refused options fail before any work.
+
+    FFmpeg leaves the options an encoder does not know in the dictionary instead of
+    failing; a user's `--encoder-opt` that nothing reads is a typo or the wrong codec,
+    and silently encoding without it is the kind of surprise that costs a night's job.
+    """
+    cc = open_encoder(fmt, global_header=False)
+    unused = sorted(set(dict(cc.options)) & {k for k, _ in fmt.settings.options})
+    if unused:
+        raise CodecError(f"{fmt.settings.codec} has no option {', '.join(unused)} (given with --encoder-opt)")
+
+
+def to_av_frame(frame: Frame, fmt: StreamFormat) -> av.VideoFrame:
+    """An RGB Frame (uint8 or uint16) -> the encoder's pixel format with `fmt`'s matrix and
+    range, keeping the pts (the frame index where it has none)."""
+    img = frame.image
+    vf = av.VideoFrame.from_ndarray(img, format="rgb48le" if img.dtype == np.uint16 else "rgb24")
+    vf = vf.reformat(
+        format=fmt.settings.pix_fmt,
+        dst_colorspace=MATRIX[fmt.colour.matrix],
+        dst_color_range=fmt.colour.range,
+        interpolation="BICUBIC",
+    )
+    vf.pts = frame.pts if frame.pts is not None else frame.index
+    vf.time_base = fmt.time_base
+    return vf

@@ -1,0 +1,95 @@
+"""Files a job writes so that a crash never leaves half a result: fsync'ed appends,
+atomic replaces, and the work folder beside the output."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from vsr.errors import OutputError
+from vsr.io import is_url
+
+
+def temp_dir_for(dst: Path) -> Path:
+    """The work folder of a job writing `dst`: beside it, hidden, so the rename is atomic."""
+    return dst.parent / f".{dst.name}.vsr-tmp"
+
+
+def segment_name(k: int) -> str:
+    """The file name of segment k inside the work folder."""
+    return f"segment-{k:05d}.vsrseg"
+
+
+def check_output_path(src: str | os.PathLike, dst: Path, overwrite: bool) -> None:
+    """OutputError unless `dst` can be written: not the input, in a writable folder, not
+    a folder itself, and absent unless `overwrite`."""
+    if not is_url(src) and dst.exists() and dst.resolve() == Path(src).resolve():
+        raise OutputError(f"OUT is the input file {dst}: pick another name")
+    parent = dst.parent
+    if not parent.is_dir():
+        raise OutputError(f"output folder {parent} does not exist: create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {parent} is not writable")
+    if dst.is_dir():
+        raise OutputError(f"OUT {dst} is a folder: give a file name such as {dst / 'out.mp4'}")
+    if dst.exists() and not overwrite:
+        raise OutputError(f"{dst} exists: add --overwrite to replace it")
+
+
+def source_fingerprint(src: str | os.PathLike) -> dict:
+    """Size plus sha256 of the first and last MiB: cheap, and catches a replaced input.
+    A URL is named, not read (a second read of a live source would consume it)."""
+    if is_url(src):
+        return {"url": os.fspath(src)}
+    src = Path(src)
+    size = src.stat().st_size
+    h = hashlib.sha256()
+    with open(src, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            h.update(f.read(1 << 20))
+    return {"name": src.name, "size": size, "sha256_ends": h.hexdigest()}
+
+
+def fsync_append(path: Path, record: dict) -> None:
+    """Append `record` as one JSON line and make it durable before returning."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_lines_atomic(path: Path, records: list[dict]) -> None:
+    """Replace `path` by JSON lines in one step (written beside it, fsync'ed, renamed)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_durably(staged: Path, dst: Path) -> None:
+    """Move a finished file onto `dst` in one step (never half-written), durably."""
+    try:
+        os.replace(staged, dst)
+        fsync_dir(dst.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot move the finished file onto {dst}: {exc.strerror}") from exc
