@@ -119,20 +119,20 @@ class EngineConfig:
             set_(self, "noise_level", float(self.noise_level))
         if not _is_int(self.consistency) or not 0 <= self.consistency <= 10:
             _fail("consistency", self.consistency, "an integer in 0..10 (back-projection passes per step; 0 = off)")
-        if self.tile is not None and (not _is_int(self.tile) or self.tile < 8):
-            _fail("tile", self.tile, "null (the model card's crop) or an integer >= 8")
-        if not _is_int(self.overlap) or self.overlap < 0:
-            _fail("overlap", self.overlap, "an integer >= 0 (32-64 is typical)")
+        if self.tile is not None and (not _is_int(self.tile) or not 8 <= self.tile <= 4096):
+            _fail("tile", self.tile, "null (the model card's crop) or an integer in 8..4096")
+        if not _is_int(self.overlap) or not 0 <= self.overlap <= 2048:
+            _fail("overlap", self.overlap, "an integer in 0..2048 (32-64 is typical)")
         if self.tile is not None and self.overlap * 2 > self.tile:
             _fail(
                 "overlap", self.overlap,
                 f"at most half the tile ({self.tile // 2}); with a tile this small set overlap too, "
                 f"e.g. --overlap {self.tile // 4}",
             )
-        if not _is_int(self.batch) or self.batch < 1:
-            _fail("batch", self.batch, "an integer >= 1 (tiles per model call)")
-        if not _is_int(self.seed) or self.seed < 0:
-            _fail("seed", self.seed, "an integer >= 0")
+        if not _is_int(self.batch) or not 1 <= self.batch <= 4096:
+            _fail("batch", self.batch, "an integer in 1..4096 (tiles per model call)")
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
+            _fail("seed", self.seed, "an integer in 0..2**63-1")
         if self.noise not in NOISE_MODES:
             _fail("noise", self.noise, " or ".join(repr(m) for m in NOISE_MODES))
         dev = self.device

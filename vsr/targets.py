@@ -68,6 +68,8 @@ def parse_size(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*[xX:]\s*(\d+)\s*", text)
     if not m:
         raise UsageError(f"--size must look like 1920x1080, got {text!r}")
+    if max(len(m.group(1)), len(m.group(2))) > 6:
+        raise UsageError(f"--size {text.strip()[:20]}... is too large: encoders accept at most {MAX_SIDE} pixels a side")
     w, h = int(m.group(1)), int(m.group(2))
     if w < 2 or h < 2:
         raise UsageError(f"--size {w}x{h} is impossible: both sides must be at least 2 pixels")
@@ -80,6 +82,8 @@ def parse_target(text: str) -> int:
     if key in PRESETS:
         return PRESETS[key]
     m = re.fullmatch(r"(\d+)p", key)
+    if m and len(m.group(1)) > 6:
+        raise UsageError(f"--target {key[:20]}... is too large: encoders accept at most {MAX_SIDE} pixels a side")
     if m and int(m.group(1)) >= 2:
         return int(m.group(1))
     raise UsageError(f"unknown --target {text!r}: use one of {', '.join(PRESETS)} or NNNp")
@@ -125,6 +129,8 @@ def plan_output(
             s = 2.0 if scale is None else float(scale)
             if not 0 < s < math.inf:
                 raise UsageError(f"--scale must be a positive number, got {scale}")
+            if max(dw, dh) * s > MAX_SIDE:
+                raise UsageError(f"--scale {scale:g} is too large: encoders accept at most {MAX_SIDE} pixels a side")
             out = (even(dw * s), even(dh * s))
         plan = Plan(crop=full, scaled=out, pad=(0, 0, 0, 0), out=out)
     else:
