@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 # name -> (module, one-line help). Imported lazily so `vsr --help` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "upscale": ("vsr.pipelines.transcode", "upscale a video file (the main job)"),
+    "upscale": ("vsr.pipelines.upscale_cli", "upscale a video file (the main job)"),
     "calibrate": ("vsr.calibrate", "measure a model's Perceptual Recoverable Field per scale"),
     "models": ("vsr.models", "list the available models or show a model card"),
     "eval": ("vsr.evaluate", "quality and temporal metrics of an output video"),

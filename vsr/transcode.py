@@ -7,9 +7,7 @@ from vsr.pipelines.transcode import (  # noqa: F401
     EncodeOptions,
     Progress,
     Result,
-    add_cli,
     build_upscaler,
-    engine_config_from_args,
-    run_cli,
     upscale_video,
 )
+from vsr.pipelines.upscale_cli import add_cli, engine_config_from_args, run_cli  # noqa: F401

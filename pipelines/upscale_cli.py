@@ -1,0 +1,162 @@
+"""`vsr upscale IN OUT`: the command line over `vsr.pipelines.transcode.upscale_video`
+(arguments, progress bar or JSON lines, SIGTERM as an interrupt, one summary line).
+docs/cli.md is the reference; `engine_config_from_args` and the argument helpers are
+shared with the other commands that take engine options."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from typing import Any
+
+from vsr import io
+from vsr.errors import EXIT_OK
+from vsr.pipelines.transcode import EncodeOptions, Progress, upscale_video
+from vsr.targets import PRESETS
+
+
+
+# ------------------------------------------------------------------------ command line
+def _key_value(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def _noise_level(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or 'auto', got {text!r}") from None
+
+
+def add_cli(parser: argparse.ArgumentParser) -> None:
+    """Declare `vsr upscale`'s arguments (docs/cli.md is the reference)."""
+    parser.epilog = (
+        "exit codes: 0 done, 1 internal error (rerun with 'vsr --debug upscale ...'), 2 bad arguments or "
+        "config, 3 unusable input, 4 output exists or cannot be written, 5 model not found or not loadable, "
+        "6 encoder refused, 7 out of memory, 130 interrupted (rerun with --resume). Reference: docs/cli.md"
+    )
+    parser.add_argument("input", metavar="IN", help="input video (any file FFmpeg reads); opened read-only")
+    parser.add_argument("output", metavar="OUT", help="output video; the container follows the extension (.mp4, .mkv, .mov)")
+    g = parser.add_argument_group("size (one of; default --scale 2)")
+    g.add_argument("--target", help=f"output height preset, aspect kept: {', '.join(PRESETS)}")
+    g.add_argument("--size", metavar="WxH", help="exact output size, see --fit")
+    g.add_argument("--fit", choices=("pad", "crop", "stretch"), default="pad", help="how --size treats another aspect ratio (default pad)")
+    g.add_argument("--deinterlace", choices=io.DEINTERLACE, default="auto",
+                   help="bwdif, one frame per frame: auto (interlaced streams), on, off (default auto)")
+    g.add_argument("--scale", type=float, help="scale factor, e.g. 2 or 2.7")
+    g = parser.add_argument_group("encoder")
+    g.add_argument("--codec", default="libx264", help="video encoder: libx264 (default), libx265, libsvtav1, libvpx-vp9, ...")
+    g.add_argument("--crf", type=float, help="constant quality (default 18; lower = better and bigger)")
+    g.add_argument("--preset", help="encoder speed preset (default medium for x264/x265)")
+    g.add_argument("--pix-fmt", help="output pixel format (default yuv420p, or 10-bit for 10-bit input)")
+    g.add_argument("--10bit", dest="ten_bit", action="store_true", help="encode 10-bit (yuv420p10le)")
+    g.add_argument("--encoder-opt", metavar="KEY=VALUE", type=_key_value, action="append", default=[],
+                   help="extra encoder option, repeatable (e.g. x264-params=aq-mode=3)")
+    g = parser.add_argument_group("model and quality (override --config)")
+    g.add_argument("--config", metavar="FILE", help="engine config YAML, or a preset name from configs/presets/")
+    g.add_argument("--model", help="model folder or hub id (default: the shipped prior)")
+    g.add_argument("--steps", type=int, help="DDIM steps after noise injection (1..50)")
+    g.add_argument("--noise-level", type=_noise_level, help="t/T in (0, 1), or auto (the model's PRF curve)")
+    g.add_argument("--consistency", type=int, metavar="N",
+                   help="back-projection passes per step so the output downscales to the input (default 1; 0 = off)")
+    g.add_argument("--tile", type=int, help="tile size in pixels (default: the model's crop)")
+    g.add_argument("--overlap", type=int, help="tile overlap in pixels")
+    g.add_argument("--batch", type=int, help="tiles per model call (memory)")
+    g.add_argument("--seed", type=int, help="noise seed")
+    g.add_argument("--noise", choices=("shared", "fresh"), help="noise shared by all frames (steady) or fresh per frame")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
+    g.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"))
+    g = parser.add_argument_group("job")
+    g.add_argument("--preview", type=int, metavar="N", help="write N side-by-side PNGs beside OUT and exit")
+    g.add_argument("--overwrite", action="store_true", help="replace OUT (and an interrupted run's work) if present")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
+    g.add_argument("--segment-frames", type=int, help="frames per resumable segment (default: 4 s of video)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    g.add_argument("--progress", choices=("bar", "json"), default="bar", help="progress as a bar (stderr) or JSON lines (stdout)")
+
+
+def engine_config_from_args(args: argparse.Namespace) -> Any:
+    """EngineConfig from --config plus the command-line overrides (validated there)."""
+    from vsr.config import EngineConfig
+
+    base = EngineConfig.from_yaml(args.config) if args.config else EngineConfig()
+    overrides = {
+        "steps": args.steps,
+        "noise_level": args.noise_level,
+        "consistency": args.consistency,
+        "tile": args.tile,
+        "overlap": args.overlap,
+        "batch": args.batch,
+        "seed": args.seed,
+        "noise": args.noise,
+        "device": args.device,
+        "dtype": args.dtype,
+    }
+    return base.replace(**overrides)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """`vsr upscale`: parse, run with a progress bar or JSON lines, print one summary line."""
+    io.route_ffmpeg_logs(verbose=bool(getattr(args, "debug", False)))
+    config = engine_config_from_args(args)
+    common = dict(model=args.model, config=config, target=args.target, size=args.size, fit=args.fit, scale=args.scale,
+                  deinterlace=args.deinterlace)
+    if args.preview is not None:
+        result = upscale_video(args.input, args.output, preview=args.preview, overwrite=args.overwrite, **common)
+        if not args.quiet:
+            print(f"wrote {len(result.previews)} previews: {', '.join(str(p) for p in result.previews)}")
+        return EXIT_OK
+
+    bar = None
+    progress: Progress | None = None
+    if args.progress == "json":
+        def progress(d: dict) -> None:
+            print(json.dumps({"event": "progress", **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in d.items()}}), flush=True)
+    elif not args.quiet:
+        from tqdm import tqdm
+
+        def progress(d: dict) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = tqdm(total=d["total"], initial=d["frames_done"] - 1, unit="frame", dynamic_ncols=True, file=sys.stderr)
+            bar.update(d["frames_done"] - bar.n)
+
+    old = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() else None
+    try:
+        result = upscale_video(
+            args.input,
+            args.output,
+            encode=EncodeOptions(
+                codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt, ten_bit=args.ten_bit,
+                options=dict(args.encoder_opt),
+            ),
+            segment_frames=args.segment_frames,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            progress=progress,
+            **common,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+    if args.progress == "json":
+        print(json.dumps({"event": "done", "output": str(result.output), "frames": result.frames,
+                          "resumed_frames": result.resumed_frames,
+                          "size": list(result.size), "seconds": round(result.seconds, 3), "fps": round(result.fps, 3)}), flush=True)
+    elif not args.quiet:
+        w, h = result.size
+        print(f"wrote {result.output}: {result.frames} frames, {w}x{h}, {result.seconds:.1f} s ({result.fps:.2f} frames/s)")
+    return EXIT_OK
