@@ -19,400 +19,38 @@ and `vsr train export --checkpoint RUN/last.pt --out vsr/weights/vsr-prior-s`.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 
-from vsr.errors import ConfigError, InputError
-from vsr.models.adapter import to_x0_eps
+from vsr.errors import InputError
+
+# the pieces live in sibling modules; every name stays importable from here
+from .prior_data import load_images, random_crops, val_crops
+from .prior_model import TrainConfig, build_scheduler, build_unet, count_macs, model_output
+from .prior_trainer import (
+    VAL_T_FRACTIONS,
+    Trainer,
+    resolve_device,
+    save_checkpoint,
+    training_loss,
+    validate,
+)
+
+__all__ = [
+    "CORPUS_RECORD", "VAL_T_FRACTIONS", "TrainConfig", "Trainer", "add_cli", "build_scheduler", "build_unet",
+    "count_macs", "export", "load_images", "model_output", "random_crops", "resolve_device", "run_cli",
+    "save_checkpoint", "train", "training_loss", "val_crops", "validate",
+]
 
 log = logging.getLogger(__name__)
 
 CORPUS_RECORD = "corpus_manifest.json"  # in a run folder: the manifest of the corpus it trains on
-VAL_T_FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.6)  # the issue asks 0.1-0.6; 0.02-0.05 is where the calibrated field of a small prior lies
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that determines a training run; saved into every checkpoint."""
-
-    corpus: str = "data/corpus"
-    run_dir: str = "runs/vsr-prior-s"
-    # model
-    block_out_channels: tuple[int, ...] = (64, 128, 256)
-    layers_per_block: int = 1
-    pixel_unshuffle: int = 4
-    norm_num_groups: int = 32
-    # diffusion
-    num_train_timesteps: int = 1000
-    beta_schedule: Literal["linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
-    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
-    t_max_fraction: float = 0.7
-    min_snr_gamma: float | None = 5.0
-    # data
-    crop: int = 128
-    max_downscale: float = 3.0
-    hflip: bool = True
-    max_image_side: int = 1280
-    # optimisation
-    batch_size: int = 16
-    steps: int = 20000
-    lr: float = 4e-4
-    warmup_steps: int = 200
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    bf16: bool = True
-    seed: int = 0
-    device: str = "auto"
-    num_threads: int = 0  # 0 = torch's default
-    init_from: str | None = None  # a diffusers model folder (unet/) to start from, e.g. an earlier export
-    # bookkeeping
-    checkpoint_every: int = 250
-    val_every: int = 500
-    val_crop: int = 256
-
-    def __post_init__(self) -> None:
-        if self.beta_schedule not in ("linear", "squaredcos_cap_v2"):
-            raise ConfigError(f"beta_schedule: got {self.beta_schedule!r}, allowed: linear, squaredcos_cap_v2")
-        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ConfigError(
-                f"prediction_type: got {self.prediction_type!r}, allowed: epsilon, v_prediction, sample"
-            )
-        if not 0.0 < self.t_max_fraction <= 1.0:
-            raise ConfigError(f"t_max_fraction: got {self.t_max_fraction}, must be in (0, 1]")
-        factor = self.pixel_unshuffle * 2 ** (len(self.block_out_channels) - 1)
-        if self.crop % factor or self.val_crop % factor:
-            raise ConfigError(f"crop/val_crop must be multiples of {factor} for this architecture")
-        if self.batch_size < 1 or self.steps < 0:
-            raise ConfigError("batch_size must be >= 1 and steps >= 0")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides) -> "TrainConfig":
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"training config not found: {path}") from None
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read training config {path}: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"training config {path} must be a mapping of key: value, got {type(data).__name__}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(data)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ConfigError(f"unknown training config keys: {', '.join(unknown)}")
-        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**data)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-
-# ----------------------------------------------------------------------------- model
-
-
-def build_unet(cfg: TrainConfig):
-    """The prior's UNet: no attention (cost and CPU speed), pixel-unshuffled input."""
-    from diffusers import UNet2DModel
-
-    ch = 3 * cfg.pixel_unshuffle**2
-    n = len(cfg.block_out_channels)
-    return UNet2DModel(
-        sample_size=cfg.val_crop // cfg.pixel_unshuffle,
-        in_channels=ch,
-        out_channels=ch,
-        block_out_channels=cfg.block_out_channels,
-        layers_per_block=cfg.layers_per_block,
-        down_block_types=("DownBlock2D",) * n,
-        up_block_types=("UpBlock2D",) * n,
-        add_attention=False,
-        norm_num_groups=cfg.norm_num_groups,
-    )
-
-
-def build_scheduler(cfg: TrainConfig):
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(
-        num_train_timesteps=cfg.num_train_timesteps,
-        beta_schedule=cfg.beta_schedule,
-        prediction_type=cfg.prediction_type,
-        clip_sample=False,
-    )
-
-
-def model_output(unet, x: torch.Tensor, t: torch.Tensor, r: int) -> torch.Tensor:
-    """Run the UNet in its unshuffled space and bring the output back to pixels."""
-    out = unet(F.pixel_unshuffle(x, r) if r > 1 else x, t).sample
-    return F.pixel_shuffle(out, r) if r > 1 else out
-
-
-def count_macs(unet, cfg: TrainConfig, size: int = 256) -> int:
-    """Multiply-accumulates of one forward at size x size (convolutions and linears)."""
-    total = 0
-
-    def hook(m, _inp, out):
-        nonlocal total
-        if isinstance(m, torch.nn.Conv2d):
-            k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
-            total += out[0].numel() * k
-        elif isinstance(m, torch.nn.Linear):
-            total += out[0].numel() * m.in_features
-
-    hooks = [m.register_forward_hook(hook) for m in unet.modules()]
-    try:
-        with torch.no_grad():
-            p = next(unet.parameters())
-            x = torch.zeros(1, 3, size, size, dtype=p.dtype, device=p.device)
-            model_output(unet, x, torch.tensor([10], device=p.device), cfg.pixel_unshuffle)
-    finally:
-        for h in hooks:
-            h.remove()
-    return total
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def load_images(corpus: str | Path, split: str, max_side: int) -> list[torch.Tensor]:
-    """The split's photographs as uint8 CHW tensors, capped at `max_side` (area filter)."""
-    import cv2
-
-    folder = Path(corpus) / "images" / split
-    paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not paths:
-        raise InputError(f"no {split} images under {folder}: build the corpus with 'vsr corpus build {corpus}'")
-    images = []
-    for p in paths:
-        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise InputError(f"cannot read corpus image {p}")
-        h, w = bgr.shape[:2]
-        s = max_side / max(h, w)
-        if s < 1:
-            bgr = cv2.resize(bgr, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
-        images.append(torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1).contiguous())
-    return images
-
-
-def random_crops(images: list[torch.Tensor], cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """A batch of crops in [-1, 1]: each from a random image, at a random downscale, flipped.
-
-    The downscale picks a window of `crop * s` pixels (s in [1, max_downscale], log-uniform)
-    and area-resizes it to `crop`, as if the photograph had been taken at lower resolution.
-    """
-    out = torch.empty(cfg.batch_size, 3, cfg.crop, cfg.crop)
-    for i in range(cfg.batch_size):
-        img = images[int(torch.randint(len(images), (1,), generator=gen))]
-        _, h, w = img.shape
-        s_max = min(cfg.max_downscale, h / cfg.crop, w / cfg.crop)
-        u = float(torch.rand((), generator=gen))
-        s = math.exp(u * math.log(max(s_max, 1.0)))
-        win = max(cfg.crop, min(int(round(cfg.crop * s)), h, w))
-        y = int(torch.randint(h - win + 1, (1,), generator=gen))
-        x = int(torch.randint(w - win + 1, (1,), generator=gen))
-        crop = img[:, y : y + win, x : x + win].float().unsqueeze(0) / 127.5 - 1.0
-        if win != cfg.crop:
-            crop = F.interpolate(crop, size=(cfg.crop, cfg.crop), mode="area")
-        if cfg.hflip and float(torch.rand((), generator=gen)) < 0.5:
-            crop = crop.flip(-1)
-        out[i] = crop[0]
-    return out
-
-
-def val_crops(images: list[torch.Tensor], size: int) -> torch.Tensor:
-    """Deterministic centre crops of the held-out images (downscaled 2x first, area)."""
-    crops = []
-    for img in images:
-        x = img.float().unsqueeze(0) / 127.5 - 1.0
-        x = F.interpolate(x, scale_factor=0.5, mode="area")
-        _, _, h, w = x.shape
-        if min(h, w) < size:
-            continue
-        y0, x0 = (h - size) // 2, (w - size) // 2
-        crops.append(x[:, :, y0 : y0 + size, x0 : x0 + size])
-    return torch.cat(crops)
-
-
-# ----------------------------------------------------------------------------- loss
-
-
-def training_loss(unet, scheduler, x0: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """Diffusion loss at t ~ U[1, t_max]; the target depends on the prediction type."""
-    device = x0.device
-    n = x0.shape[0]
-    t_max = max(1, int(cfg.t_max_fraction * cfg.num_train_timesteps))
-    t = torch.randint(1, t_max, (n,), generator=gen)
-    noise = torch.randn(x0.shape, generator=gen)
-    t, noise = t.to(device), noise.to(device)
-    x_t = scheduler.add_noise(x0, noise, t)
-    if cfg.prediction_type == "epsilon":
-        target = noise
-    elif cfg.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(x0, noise, t)
-    else:
-        target = x0
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-        pred = model_output(unet, x_t, t, cfg.pixel_unshuffle)
-    mse = ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))
-    if cfg.min_snr_gamma:
-        ac = scheduler.alphas_cumprod.to(device)[t]
-        snr = ac / (1 - ac)
-        clipped = torch.clamp(snr, max=cfg.min_snr_gamma)
-        weight = {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}[
-            cfg.prediction_type
-        ]
-        mse = mse * weight
-    return mse.mean()
-
-
-@torch.no_grad()
-def validate(unet, scheduler, crops: torch.Tensor, cfg: TrainConfig) -> dict[str, float]:
-    """PSNR (dB, on [-1,1] -> [0,1]) of the one-step x0 estimate at fixed t/T, fixed noise.
-
-    Also reported: the PSNR of the noisy input itself, so a number means something alone.
-    """
-    device = next(unet.parameters()).device
-    gen = torch.Generator().manual_seed(1234)
-    noise = torch.randn(crops.shape, generator=gen).to(device)
-    x0 = crops.to(device)
-    ac_all = scheduler.alphas_cumprod.to(device)
-    result = {}
-    for frac in VAL_T_FRACTIONS:
-        t = torch.full((x0.shape[0],), int(frac * cfg.num_train_timesteps), device=device)
-        x_t = scheduler.add_noise(x0, noise, t)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            pred = model_output(unet, x_t, t, cfg.pixel_unshuffle).float()
-        ac = ac_all[t].view(-1, 1, 1, 1)
-        x0_hat = to_x0_eps(pred, x_t, t, ac_all, cfg.prediction_type)[0].clamp(-1, 1)
-        mse = ((x0_hat - x0) ** 2).mean().item() / 4.0
-        mse_in = (((x_t / ac.sqrt()).clamp(-1, 1) - x0) ** 2).mean().item() / 4.0
-        result[f"psnr@{frac}"] = round(10 * math.log10(1 / max(mse, 1e-12)), 3)
-        result[f"input_psnr@{frac}"] = round(10 * math.log10(1 / max(mse_in, 1e-12)), 3)
-    return result
-
-
-# ----------------------------------------------------------------------------- loop
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-class Trainer:
-    """Holds one run's state; `state_dict` is everything needed to continue bit-for-bit."""
-
-    def __init__(self, cfg: TrainConfig, train_images: list[torch.Tensor], val_images: list[torch.Tensor] | None):
-        from diffusers.training_utils import EMAModel
-
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        self.cfg = cfg
-        self.device = resolve_device(cfg.device)
-        torch.manual_seed(cfg.seed)
-        self.unet = build_unet(cfg).to(self.device)
-        if cfg.init_from:
-            self._load_init(cfg.init_from)
-        self.scheduler = build_scheduler(cfg)
-        self.opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.ema = EMAModel(self.unet.parameters(), decay=cfg.ema_decay)
-        self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.step = 0
-        self.wall_s = 0.0
-        self.history: list[dict] = []
-        self.train_images = train_images
-        self.val = val_crops(val_images, cfg.val_crop) if val_images else None
-
-    def _load_init(self, folder: str) -> None:
-        """Start from exported weights (a new phase: fresh optimiser, warm-up, EMA of these)."""
-        from diffusers import UNet2DModel
-
-        unet_dir = Path(folder) / "unet"
-        if not unet_dir.is_dir():
-            raise InputError(f"init_from: no unet/ folder in {folder}")
-        state = UNet2DModel.from_pretrained(unet_dir).state_dict()
-        self.unet.load_state_dict({k: v.float() for k, v in state.items()})
-
-    def state_dict(self) -> dict:
-        return {
-            "config": self.cfg.to_dict(),
-            "step": self.step,
-            "wall_s": self.wall_s,
-            "unet": self.unet.state_dict(),
-            "opt": self.opt.state_dict(),
-            "ema": self.ema.state_dict(),
-            "gen": self.gen.get_state(),
-            "history": self.history,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = state["step"]
-        self.wall_s = state.get("wall_s", 0.0)
-        self.unet.load_state_dict(state["unet"])
-        self.opt.load_state_dict(state["opt"])
-        self.ema.load_state_dict(state["ema"])
-        self.gen.set_state(state["gen"])
-        self.history = list(state.get("history", []))
-
-    def train_step(self) -> float:
-        lr = _lr_at(self.step, self.cfg)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        x0 = random_crops(self.train_images, self.cfg, self.gen).to(self.device)
-        self.unet.train()
-        loss = training_loss(self.unet, self.scheduler, x0, self.cfg, self.gen)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.cfg.grad_clip)
-        self.opt.step()
-        self.ema.step(self.unet.parameters())
-        self.step += 1
-        return float(loss.detach())
-
-    def validate_ema(self) -> dict[str, float]:
-        """Validation uses the EMA weights (what gets shipped), then restores the live ones."""
-        self.ema.store(self.unet.parameters())
-        self.ema.copy_to(self.unet.parameters())
-        self.unet.eval()
-        try:
-            return validate(self.unet, self.scheduler, self.val, self.cfg)
-        finally:
-            self.ema.restore(self.unet.parameters())
-
-
-def save_checkpoint(trainer: Trainer, path: Path) -> None:
-    """Write atomically: a kill mid-write never leaves a broken `last.pt`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(trainer.state_dict(), tmp)
-    tmp.replace(path)
 
 
 def train(
@@ -542,9 +180,16 @@ def add_cli(parser) -> None:
     e = sub.add_parser("export", help="write a checkpoint's EMA weights as a diffusers folder")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--out", required=True)
+    from . import train_noise_predictor  # `predictor`, `predictor-export` (InvSR's noise predictor)
+
+    train_noise_predictor.add_cli(sub)
 
 
 def run_cli(args) -> int:
+    if args.train_command in ("predictor", "predictor-export"):
+        from . import train_noise_predictor
+
+        return train_noise_predictor.run_cli(args)
     if args.train_command == "export":
         if not Path(args.checkpoint).exists():
             raise InputError(f"checkpoint not found: {args.checkpoint}")
@@ -560,3 +205,4 @@ def run_cli(args) -> int:
     )
     print(f"step {trainer.step}, checkpoint {Path(cfg.run_dir) / 'last.pt'}")
     return 0
+

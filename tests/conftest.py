@@ -69,3 +69,31 @@ def up(tiny_model_dir):
     from vsr.pipelines.transcode import build_upscaler
 
     return build_upscaler(str(tiny_model_dir), TINY_ENGINE)
+
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict:
+    """Real photographs from scikit-image, name -> HxWx3 uint8 RGB; read-only (copy to edit)."""
+    from skimage import data
+
+    out = {name: getattr(data, name)() for name in PHOTOS}
+    for img in out.values():
+        img.flags.writeable = False
+    return out
+
+
+@pytest.fixture(scope="session")
+def photo(photos):
+    """scikit-image's astronaut: 512x512x3 uint8 RGB, read-only."""
+    return photos["astronaut"]
+
+
+@pytest.fixture(scope="session")
+def niqe_model(photos):
+    """A NIQE model fitted on three photographs, none of them the astronaut scored in the tests."""
+    from vsr import metrics
+
+    return metrics.fit_niqe([photos["coffee"], photos["chelsea"], photos["rocket"]])

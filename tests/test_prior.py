@@ -31,13 +31,12 @@ def test_size_and_compute_budgets(prior):
 
 
 @pytest.mark.parametrize("t_frac", [0.1, 0.3])
-def test_denoises_a_noisy_photo_better_than_leaving_it_noisy(prior, t_frac):
+def test_denoises_a_noisy_photo_better_than_leaving_it_noisy(prior, t_frac, photo):
     import torch.nn.functional as F
-    from skimage import data
 
     unet, sched = prior
     r = int(round((unet.config.in_channels / 3) ** 0.5))
-    img = data.astronaut()[100:356, 140:396]  # a held-out validation image
+    img = photo[100:356, 140:396]  # a held-out validation image
     x0 = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 127.5 - 1
     t = torch.tensor([int(t_frac * sched.config.num_train_timesteps)])
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))

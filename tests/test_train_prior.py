@@ -10,14 +10,13 @@ from vsr.errors import ConfigError
 
 
 @pytest.fixture()
-def tiny_corpus(tmp_path):
+def tiny_corpus(tmp_path, photos):
     cv2 = pytest.importorskip("cv2")
-    skdata = pytest.importorskip("skimage.data")
     for split, names in {"train": ["astronaut", "chelsea"], "val": ["coffee"]}.items():
         d = tmp_path / "corpus" / "images" / split
         d.mkdir(parents=True)
         for n in names:
-            img = getattr(skdata, n)()
+            img = photos[n]
             cv2.imwrite(str(d / f"{n}.png"), np.ascontiguousarray(img[::2, ::2, ::-1]))
     return tmp_path / "corpus"
 

@@ -1,0 +1,156 @@
+"""The prior's training config (`TrainConfig`), its UNet and DDPM scheduler, the UNet's
+forward in pixel space and its MAC count (see `train_prior`)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from vsr.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run; saved into every checkpoint."""
+
+    corpus: str = "data/corpus"
+    run_dir: str = "runs/vsr-prior-s"
+    # model
+    block_out_channels: tuple[int, ...] = (64, 128, 256)
+    layers_per_block: int = 1
+    pixel_unshuffle: int = 4
+    norm_num_groups: int = 32
+    # diffusion
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
+    t_max_fraction: float = 0.7
+    min_snr_gamma: float | None = 5.0
+    # data
+    crop: int = 128
+    max_downscale: float = 3.0
+    hflip: bool = True
+    max_image_side: int = 1280
+    # optimisation
+    batch_size: int = 16
+    steps: int = 20000
+    lr: float = 4e-4
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    bf16: bool = True
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int = 0  # 0 = torch's default
+    init_from: str | None = None  # a diffusers model folder (unet/) to start from, e.g. an earlier export
+    # bookkeeping
+    checkpoint_every: int = 250
+    val_every: int = 500
+    val_crop: int = 256
+
+    def __post_init__(self) -> None:
+        if self.beta_schedule not in ("linear", "squaredcos_cap_v2"):
+            raise ConfigError(f"beta_schedule: got {self.beta_schedule!r}, allowed: linear, squaredcos_cap_v2")
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ConfigError(
+                f"prediction_type: got {self.prediction_type!r}, allowed: epsilon, v_prediction, sample"
+            )
+        if not 0.0 < self.t_max_fraction <= 1.0:
+            raise ConfigError(f"t_max_fraction: got {self.t_max_fraction}, must be in (0, 1]")
+        factor = self.pixel_unshuffle * 2 ** (len(self.block_out_channels) - 1)
+        if self.crop % factor or self.val_crop % factor:
+            raise ConfigError(f"crop/val_crop must be multiples of {factor} for this architecture")
+        if self.batch_size < 1 or self.steps < 0:
+            raise ConfigError("batch_size must be >= 1 and steps >= 0")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> "TrainConfig":
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"training config not found: {path}") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read training config {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"training config {path} must be a mapping of key: value, got {type(data).__name__}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown training config keys: {', '.join(unknown)}")
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def build_unet(cfg: TrainConfig):
+    """The prior's UNet: no attention (cost and CPU speed), pixel-unshuffled input."""
+    from diffusers import UNet2DModel
+
+    ch = 3 * cfg.pixel_unshuffle**2
+    n = len(cfg.block_out_channels)
+    return UNet2DModel(
+        sample_size=cfg.val_crop // cfg.pixel_unshuffle,
+        in_channels=ch,
+        out_channels=ch,
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=("DownBlock2D",) * n,
+        up_block_types=("UpBlock2D",) * n,
+        add_attention=False,
+        norm_num_groups=cfg.norm_num_groups,
+    )
+
+
+def build_scheduler(cfg: TrainConfig):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type=cfg.prediction_type,
+        clip_sample=False,
+    )
+
+
+def model_output(unet, x: torch.Tensor, t: torch.Tensor, r: int) -> torch.Tensor:
+    """Run the UNet in its unshuffled space and bring the output back to pixels."""
+    out = unet(F.pixel_unshuffle(x, r) if r > 1 else x, t).sample
+    return F.pixel_shuffle(out, r) if r > 1 else out
+
+
+def count_macs(unet, cfg: TrainConfig, size: int = 256) -> int:
+    """Multiply-accumulates of one forward at size x size (convolutions and linears)."""
+    total = 0
+
+    def hook(m, _inp, out):
+        nonlocal total
+        if isinstance(m, torch.nn.Conv2d):
+            k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
+            total += out[0].numel() * k
+        elif isinstance(m, torch.nn.Linear):
+            total += out[0].numel() * m.in_features
+
+    hooks = [m.register_forward_hook(hook) for m in unet.modules()]
+    try:
+        with torch.no_grad():
+            p = next(unet.parameters())
+            x = torch.zeros(1, 3, size, size, dtype=p.dtype, device=p.device)
+            model_output(unet, x, torch.tensor([10], device=p.device), cfg.pixel_unshuffle)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
