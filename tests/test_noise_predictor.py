@@ -1,0 +1,309 @@
+"""InvSR's noise predictor: the model, the noise source, the degradations and the trainer.
+
+Tiny models built here; only the last test (marked slow) uses the shipped prior.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pipelines import train_noise_predictor as tnp
+from vsr.core.schedule import add_noise
+from vsr.errors import ModelError
+from vsr.models.noise_predictor import SUBFOLDER, NoisePredictor, count_macs
+from vsr.noise import NoiseContext, SharedNoise
+from vsr.noise.predicted import PredictedNoise, load_noise_predictor
+
+
+def tiny_predictor(seed: int = 0, beta_schedule: str = "squaredcos_cap_v2") -> NoisePredictor:
+    torch.manual_seed(seed)
+    net = NoisePredictor(channels=8, num_blocks=1, pixel_unshuffle=2, emb_dim=8, beta_schedule=beta_schedule)
+    for p in net.tail.parameters():  # not the zero init: make d depend on the input
+        torch.nn.init.normal_(p, std=0.1)
+    return net
+
+
+def tiny_prior(seed: int = 0):
+    """A LoadedModel of a random 2-level UNet (v-prediction, squared-cosine schedule)."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from vsr.models import LoadedModel
+    from vsr.models.card import ModelCard
+
+    torch.manual_seed(seed)
+    unet = UNet2DModel(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+        norm_num_groups=8, down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
+    ).eval().requires_grad_(False)
+    ac = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").alphas_cumprod.double()
+    return LoadedModel(unet, ModelCard(name="tiny", crop=32), ac, "v_prediction", None, 2)
+
+
+def textured_crops(n: int = 12, size: int = 40, seed: int = 0) -> np.ndarray:
+    """(n, 3, size, size) uint8: smooth colour ramps plus stripes and noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = np.empty((n, 3, size, size), np.uint8)
+    for i in range(n):
+        f = rng.uniform(2, 8)
+        for c in range(3):
+            img = 0.5 + 0.3 * np.sin(2 * np.pi * (f * xx + rng.uniform() * yy) + c) + 0.05 * rng.standard_normal((size, size))
+            out[i, c] = np.clip(img * 255, 0, 255).astype(np.uint8)
+    return out
+
+
+def tiny_cfg(run_dir, **kw) -> tnp.PredictorTrainConfig:
+    base = dict(
+        corpus=str(run_dir / "no-corpus"), run_dir=str(run_dir), prior_dtype="float32", channels=8, num_blocks=1,
+        pixel_unshuffle=2, emb_dim=8, crop=32, pack_size=40, scale_min=2.0, scale_max=4.0, t_min=20, t_max=100,
+        steps_choices=(1, 2), batch_size=2, steps=4, lr=3e-3, warmup_steps=1, checkpoint_every=2, val_every=0,
+        num_threads=1, device="cpu", val_crop=32,
+    )
+    base.update(kw)
+    return tnp.PredictorTrainConfig(**base)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def test_start_is_upsampled_plus_detail_and_zero_init_gives_x_up():
+    net = NoisePredictor(channels=8, num_blocks=1, pixel_unshuffle=2, emb_dim=8)  # tail zero-initialised
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    for t in (10, 200, 900):
+        assert torch.allclose(add_noise(x, net(x, t), t, net.alphas_cumprod), x, atol=1e-5)
+    net = tiny_predictor()
+    d = net.detail(x, 50)
+    assert torch.allclose(add_noise(x, net(x, 50), 50, net.alphas_cumprod), x + d, atol=1e-5)
+    with pytest.raises(ValueError, match="multiples of 2"):
+        net(torch.zeros(1, 3, 15, 16), 50)
+    with pytest.raises(ValueError, match="timesteps"):
+        net(x, 0)
+
+
+def test_budget_of_the_default_architecture():
+    net = NoisePredictor()
+    assert count_macs(net) <= 1.5e9  # issue 10: at most 1.5 GMACs per 256x256 tile
+
+
+def test_round_trip_through_a_model_folder(tmp_path):
+    net = tiny_predictor()
+    folder = tmp_path / "model"
+    net.save_pretrained(folder / SUBFOLDER)
+    back = NoisePredictor.from_pretrained(str(folder), subfolder=SUBFOLDER, low_cpu_mem_usage=False)
+    assert back.config.channels == 8 and back.config.pixel_unshuffle == 2
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    assert torch.equal(net(x, 30), back(x, 30))
+    # as a noise source, with the card's calibration
+    (folder / "model_card.yaml").write_text(yaml.safe_dump({"noise_predictor": {"scales": [2, 4], "t": [0.02, 0.1]}}))
+    src = load_noise_predictor(folder)
+    assert isinstance(src, PredictedNoise)
+    assert src.noise_level(2) == pytest.approx(0.02) and src.noise_level(8) == pytest.approx(0.1)
+    assert src.noise_level(2 * math.sqrt(2)) == pytest.approx(0.06)  # halfway in log-scale
+    assert load_noise_predictor(tmp_path / "empty") is None
+
+
+# ----------------------------------------------------------------------------- the source
+
+
+def _ctx(frames: torch.Tensor, indices, t: int = 50, ac=None) -> NoiseContext:
+    ac = ac if ac is not None else tiny_predictor().alphas_cumprod
+    low = torch.nn.functional.interpolate(frames, scale_factor=0.5, mode="area")
+    return NoiseContext(tuple(indices), low, frames, t, ac)
+
+
+def test_predicted_noise_is_deterministic_and_independent_of_the_batch():
+    src = PredictedNoise(tiny_predictor(), scales=[2, 4], levels=[0.02, 0.1])
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(3, 3, 30, 26, generator=g) * 2 - 1  # not a multiple of the unshuffle: padded
+    together = src(_ctx(frames, [0, 1, 2]))
+    assert together.shape == (3, 3, 30, 26) and together.dtype == torch.float32
+    for i in range(3):
+        assert torch.equal(src(_ctx(frames[i : i + 1], [i])), together[i : i + 1])
+    assert torch.equal(src(_ctx(frames[[2, 0]], [2, 0])), together[[2, 0]])
+    assert torch.equal(src(_ctx(frames, [0, 1, 2])), together)
+    # the same picture gets the same noise whatever its frame index; another picture, other noise
+    assert torch.equal(src(_ctx(frames[:1], [7])), together[:1])
+    assert not torch.equal(together[0], together[1])
+
+
+def test_tiled_prediction_of_large_frames_matches_in_the_interior():
+    src = PredictedNoise(tiny_predictor(), max_pixels=0, tile=32, overlap=8)
+    whole = PredictedNoise(tiny_predictor())
+    frames = torch.rand(1, 3, 64, 80, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    a, b = src(_ctx(frames, [0])), whole(_ctx(frames, [0]))
+    assert a.shape == b.shape
+    # 4 convs at half resolution see 9 px around: where one tile alone covers a pixel
+    # (rows/columns < 16 lie in the first tile only) and its edges are that far, both agree
+    assert torch.allclose(a[..., 10:14, 10:14], b[..., 10:14, 10:14], atol=1e-5)
+    assert not torch.allclose(a, b, atol=1e-5)  # elsewhere the blend of tiles differs a little
+
+
+def test_mix_adds_the_base_field_and_schedules_must_match():
+    net = tiny_predictor()
+    frames = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    plain = PredictedNoise(net)(_ctx(frames, [0, 1]))
+    base = SharedNoise(5)
+    mixed = PredictedNoise(net, mix=0.5, base=base)(_ctx(frames, [0, 1]))
+    assert torch.allclose(mixed - plain, 0.5 * base.field(16, 16)[None].expand(2, -1, -1, -1), atol=1e-5)
+    with pytest.raises(ModelError, match="base"):
+        PredictedNoise(net, mix=0.5)
+    linear = tiny_predictor(beta_schedule="linear").alphas_cumprod
+    with pytest.raises(ModelError, match="schedule"):
+        PredictedNoise(net)(_ctx(frames, [0, 1], ac=linear))
+
+
+def test_pickles_as_its_folder(tmp_path):
+    import pickle
+
+    net = tiny_predictor()
+    net.save_pretrained(tmp_path / SUBFOLDER)
+    src = load_noise_predictor(tmp_path)
+    frames = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    blob = pickle.dumps(src)
+    assert len(blob) < 2000  # the path, not the weights
+    assert torch.equal(pickle.loads(blob)(_ctx(frames, [0])), src(_ctx(frames, [0])))
+
+
+# ----------------------------------------------------------------------------- degradations
+
+
+@pytest.mark.parametrize(
+    "probs",
+    [
+        dict(blur_prob=1.0, area_prob=1.0, noise_prob=1.0, jpeg_prob=1.0, h264_prob=0.0),
+        dict(blur_prob=0.0, area_prob=0.0, noise_prob=0.0, jpeg_prob=0.0, h264_prob=1.0),
+        dict(blur_prob=0.0, area_prob=0.0, noise_prob=0.0, jpeg_prob=0.0, h264_prob=0.0),
+    ],
+    ids=["blur-area-noise-jpeg", "bicubic-h264", "bicubic-8bit"],
+)
+def test_degradations_are_pure_functions_of_the_generator(tmp_path, probs):
+    cfg = tiny_cfg(tmp_path, **probs)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 48), torch.linspace(0, 1, 48), indexing="ij")
+    hr = torch.stack([0.2 + 0.6 * xx, 0.5 + 0.3 * torch.sin(6 * yy), 0.3 + 0.4 * xx * yy])  # smooth
+    runs = [tnp.degrade(hr, (16, 16), cfg, torch.Generator().manual_seed(s)) for s in (0, 0, 1)]
+    assert runs[0].shape == (3, 16, 16) and 0 <= runs[0].min() and runs[0].max() <= 1
+    assert torch.equal(runs[0], runs[1])
+    assert torch.equal(runs[0] * 255, (runs[0] * 255).round())  # 8-bit levels, as decoded video
+    # close to a plain bicubic downscale (mild degradations)
+    ref = tnp.resample(hr[None], (16, 16))[0]
+    assert (runs[0] - ref).abs().mean() < 0.03
+    if probs["noise_prob"]:
+        assert not torch.equal(runs[0], runs[2])  # another seed, other blur, noise and quality
+
+
+def test_batches_are_pure_functions_of_the_generator(tmp_path):
+    cfg = tiny_cfg(tmp_path, batch_size=3)
+    crops = textured_crops()
+    a = tnp.make_batch(crops, cfg, torch.Generator().manual_seed(4))
+    b = tnp.make_batch(crops, cfg, torch.Generator().manual_seed(4))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    hr, low = a
+    assert hr.shape == (3, 3, 32, 32) and low.shape[-1] % 2 == 0 and 8 <= low.shape[-1] <= 16
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_a_tiny_predictor_lowers_its_loss(tmp_path):
+    cfg = tiny_cfg(tmp_path / "run", steps=40, warmup_steps=1, lr=5e-3)
+    trainer = tnp.PredictorTrainer(cfg, tiny_prior(), textured_crops(), None)
+    hr, low = tnp.make_batch(trainer.crops, cfg, torch.Generator().manual_seed(9))
+
+    def fixed_loss() -> float:
+        with torch.no_grad():
+            return float(trainer.loss(hr, low, 60, 2)[0])
+
+    before = fixed_loss()
+    for _ in range(30):
+        trainer.net.train()
+        loss, _ = trainer.loss(hr, low, 60, 2)
+        trainer.opt.zero_grad()
+        loss.backward()
+        trainer.opt.step()
+    after = fixed_loss()
+    assert after < 0.9 * before
+    # gradients reached the predictor only: the prior is frozen
+    assert all(p.grad is None for p in trainer.prior.net.parameters())
+
+
+def _params(trainer) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in trainer.net.parameters()])
+
+
+def test_training_resumes_bit_for_bit(tmp_path):
+    crops, prior = textured_crops(), tiny_prior()
+    kw = dict(progress=False, prior=prior, crops=crops)
+    straight = tnp.train(tiny_cfg(tmp_path / "a"), **kw)
+    tnp.train(tiny_cfg(tmp_path / "b"), stop_at=2, **kw)
+    resumed = tnp.train(tiny_cfg(tmp_path / "b"), resume=True, **kw)
+    assert resumed.step == straight.step == 4
+    assert torch.equal(_params(straight), _params(resumed))
+    assert torch.equal(straight.gen.get_state(), resumed.gen.get_state())
+    assert torch.equal(
+        torch.cat([p.flatten() for p in straight.ema_net().parameters()]),
+        torch.cat([p.flatten() for p in resumed.ema_net().parameters()]),
+    )
+
+
+def test_validation_and_export(tmp_path):
+    from tests.conftest import build_tiny_model_dir
+
+    prior_dir = build_tiny_model_dir(tmp_path / "prior", prediction_type="v_prediction")
+    from vsr.models import load_model
+
+    prior = load_model(str(prior_dir))
+    cfg = tiny_cfg(tmp_path / "run", prior=str(prior_dir), steps=2, val_every=2, val_t=(0.05,), val_scales=(2.0,))
+    val = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    trainer = tnp.train(cfg, progress=False, prior=prior, crops=textured_crops(), val=val)
+    assert [h["step"] for h in trainer.history] == [0, 2]
+    assert {"bicubic", "bicubic+bp", "t=0.05"} <= set(trainer.history[0]["2x"])
+    out = tnp.export(tmp_path / "run" / "last.pt", tmp_path / "exported", mix=0.0)
+    card = yaml.safe_load((out / "model_card.yaml").read_text())
+    assert card["noise_predictor"]["architecture"]["pixel_unshuffle"] == 2
+    src = load_noise_predictor(load_model(str(out)))
+    assert isinstance(src, PredictedNoise) and src.noise_level(2) is None  # not calibrated: the PRF decides
+    assert torch.equal(torch.cat([p.flatten() for p in src.predictor.parameters()]),
+                       torch.cat([p.flatten() for p in trainer.ema_net().parameters()]))
+
+
+def test_config_errors_name_the_field(tmp_path):
+    from vsr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="t_min"):
+        tiny_cfg(tmp_path, t_min=0)
+    with pytest.raises(ConfigError, match="unknown"):
+        tnp.PredictorTrainConfig.from_dict({"nope": 1})
+    cfg = tiny_cfg(tmp_path)
+    assert tnp.PredictorTrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+@pytest.mark.slow
+def test_engine_with_a_predictor_on_the_shipped_prior_is_batch_independent():
+    """The shipped prior with a (random-tail) predictor through `Upscaler`: the same pixels
+    whatever the batch; with a shipped, calibrated predictor, a higher PSNR than without."""
+    from vsr.config import EngineConfig
+    from vsr.engine import Upscaler
+    from vsr.models import load_model
+
+    model = load_model(None)
+    net = NoisePredictor(channels=8, num_blocks=1, emb_dim=8)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(net.tail.weight, std=0.01)
+    cfg = EngineConfig().replace(scale=2, steps=2, device="cpu", dtype="float32")
+    up = Upscaler(model, cfg, noise=PredictedNoise(net, scales=[2, 4], levels=[0.02, 0.05]))
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(2, 3, 40, 56, generator=g)
+    both = up.upscale_tensor(frames, [0, 1])
+    assert torch.equal(up.upscale_tensor(frames[1:], [1]), both[1:])
+    assert up.timesteps_for(2.0) == (20, 10)
+    shipped = load_noise_predictor(model)
+    if shipped is None:
+        pytest.skip("no shipped noise predictor yet")

@@ -1,0 +1,164 @@
+"""InvSR's noise predictor in pixel space: f(x_up, t) -> eps_hat (METHOD.md section 2).
+
+InvSR (Yue et al. 2024, arXiv 2412.09013, "partial noise prediction") starts the reverse
+process at an intermediate timestep t from
+
+    x_t = sqrt(abar_t) x_up + sqrt(1 - abar_t) eps_hat,      eps_hat = f(x_up, t)
+
+(its eq. 7 with the encoder dropped: vsr's prior works on pixels), instead of a Gaussian
+eps, and trains f end to end through the frozen sampler against the high-resolution
+image. This module is f; `vsr.noise.predicted.PredictedNoise` plugs it into the noise
+seam and `pipelines/train_noise_predictor.py` trains it.
+
+Parametrisation. The network predicts a *detail image* d (N, 3, H, W) in [-1, 1] units
+and eps_hat is the noise that makes the start exactly x_up + d:
+
+    eps_hat = ((1 - sqrt(abar_t)) x_up + d) / sqrt(1 - abar_t)
+    =>  x_t = sqrt(abar_t) x_up + sqrt(1 - abar_t) eps_hat = x_up + d.
+
+So the network's output has the same range at every t (at t/T = 0.01 eps_hat is ~35x
+larger than d), and a zero-initialised last layer starts training from "feed the
+bicubic frame to the prior as if it were x_t", the Diff-SR start without noise.
+
+Architecture: pixel_unshuffle(4) of x_up (48 channels at H/4), a 3x3 conv to C
+channels, `num_blocks` residual blocks (conv-SiLU-conv, FiLM by the timestep after the
+first conv), a 3x3 conv back to 48 channels, pixel_shuffle(4). Everything runs at H/4,
+so C = 64 and 4 blocks cost 1.43 GMACs per 256x256 tile (the issue's budget is 1.5);
+the receptive field is 84 output pixels. No normalisation layers: the output of a
+sample never depends on the other samples of its batch.
+
+Conditioning on t only (not on the scale): the scale a frame really has is a property
+of its content (how wide its blur is; real video was often upscaled, blurred or
+compressed before it reaches vsr), which the network sees; the nominal scale reaches it
+through the start timestep, calibrated per scale and stored in the model card
+(`noise_predictor:` key), and t is what the frozen prior's response depends on.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+
+SUBFOLDER = "noise_predictor"  # inside a model folder, beside unet/ and scheduler/
+
+
+def _alphas_cumprod(num_train_timesteps: int, beta_schedule: str) -> torch.Tensor:
+    """(T,) float64 alpha_bar of diffusers' DDPMScheduler for this schedule."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule).alphas_cumprod.double()
+
+
+def timestep_features(t: torch.Tensor, num_train_timesteps: int, dim: int) -> torch.Tensor:
+    """(N, dim) sinusoidal features of t/T (Vaswani et al. 2017), frequencies 1..2^(dim/2-1)."""
+    x = t.float()[:, None] / num_train_timesteps
+    freqs = 2.0 ** torch.arange(dim // 2, device=t.device, dtype=torch.float32)
+    ang = math.pi * x * freqs[None]
+    return torch.cat([ang.sin(), ang.cos()], dim=1)
+
+
+class _ResBlock(torch.nn.Module):
+    def __init__(self, channels: int, emb_dim: int):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(channels, channels, 3, padding=1)
+        self.film = torch.nn.Linear(emb_dim, 2 * channels)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(x)
+        scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
+        h = F.silu(h * (1 + scale) + shift)
+        return x + self.conv2(h)
+
+
+class NoisePredictor(ModelMixin, ConfigMixin):
+    """f(x_up, t) -> eps_hat, (N, 3, H, W) float32; see the module docstring.
+
+    x_up: (N, 3, H, W) in [-1, 1], the input resized to the target (vsr.core.resample);
+    H and W must be multiples of `pixel_unshuffle` (`PredictedNoise` pads). t: an int or
+    an (N,) integer tensor in [1, T). The schedule (num_train_timesteps, beta_schedule)
+    must be the prior's; `alphas_cumprod` is rebuilt from it, not stored.
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        channels: int = 64,
+        num_blocks: int = 4,
+        pixel_unshuffle: int = 4,
+        emb_dim: int = 64,
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "squaredcos_cap_v2",
+    ):
+        super().__init__()
+        if pixel_unshuffle < 1 or channels < 1 or num_blocks < 0 or emb_dim % 2:
+            raise ValueError("NoisePredictor: pixel_unshuffle, channels >= 1, num_blocks >= 0, emb_dim even")
+        r2 = 3 * pixel_unshuffle**2
+        self.emb = torch.nn.Sequential(torch.nn.Linear(emb_dim, emb_dim), torch.nn.SiLU())
+        self.head = torch.nn.Conv2d(r2, channels, 3, padding=1)
+        self.blocks = torch.nn.ModuleList(_ResBlock(channels, emb_dim) for _ in range(num_blocks))
+        self.tail = torch.nn.Conv2d(channels, r2, 3, padding=1)
+        torch.nn.init.zeros_(self.tail.weight)  # d = 0 at the start: x_t = x_up
+        torch.nn.init.zeros_(self.tail.bias)
+        self.register_buffer("alphas_cumprod", _alphas_cumprod(num_train_timesteps, beta_schedule), persistent=False)
+
+    def _timesteps(self, t: int | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+        t = torch.as_tensor(t, device=device).long().reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(n)
+        if t.numel() != n:
+            raise ValueError(f"NoisePredictor: got {t.numel()} timesteps for a batch of {n}")
+        if bool((t < 1).any()) or bool((t >= self.config.num_train_timesteps).any()):
+            raise ValueError(f"NoisePredictor: timesteps must be in [1, {self.config.num_train_timesteps})")
+        return t
+
+    def detail(self, x_up: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """d: (N, 3, H, W), the image the start x_t equals minus x_up."""
+        r = self.config.pixel_unshuffle
+        n, _, h, w = x_up.shape
+        if h % r or w % r:
+            raise ValueError(f"NoisePredictor: H and W must be multiples of {r}, got {h}x{w}")
+        t = self._timesteps(t, n, x_up.device)
+        emb = self.emb(timestep_features(t, self.config.num_train_timesteps, self.config.emb_dim).to(x_up.dtype))
+        x = F.pixel_unshuffle(x_up, r) if r > 1 else x_up
+        h_ = self.head(x)
+        for block in self.blocks:
+            h_ = block(h_, emb)
+        out = self.tail(h_)
+        return F.pixel_shuffle(out, r) if r > 1 else out
+
+    def forward(self, x_up: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """eps_hat = ((1 - sqrt(abar_t)) x_up + d) / sqrt(1 - abar_t), float32 (N, 3, H, W)."""
+        d = self.detail(x_up, t).float()
+        t = self._timesteps(t, x_up.shape[0], x_up.device)
+        a = self.alphas_cumprod.to(x_up.device)[t].view(-1, 1, 1, 1)
+        sa, sb = a.sqrt().float(), (1 - a).sqrt().float()
+        return ((1 - sa) * x_up.float() + d) / sb
+
+
+def count_macs(net: torch.nn.Module, size: int = 256) -> int:
+    """Multiply-accumulates of one forward of a size x size tile (convolutions and linears),
+    counted with forward hooks as `pipelines.train_prior.count_macs` does."""
+    total = 0
+
+    def hook(m, _inp, out):
+        nonlocal total
+        if isinstance(m, torch.nn.Conv2d):
+            total += out[0].numel() * m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
+        elif isinstance(m, torch.nn.Linear):
+            total += out[0].numel() * m.in_features
+
+    hooks = [m.register_forward_hook(hook) for m in net.modules()]
+    try:
+        with torch.no_grad():
+            p = next(net.parameters())
+            net(torch.zeros(1, 3, size, size, dtype=p.dtype, device=p.device), 10)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
