@@ -100,3 +100,47 @@ def test_the_card_picks_the_method(tmp_path):
             Upscaler.from_pretrained(str(d), scale=2)(moving_picture(0, 40, 24))
     finally:
         del METHODS["traced-test"]
+
+
+def _with_predictor(folder, *, t=(0.05, 0.1)):
+    """A tiny model folder with a noise_predictor/ (non-zero output) and its card entry."""
+    from vsr.models.noise_predictor import NoisePredictor
+
+    build_tiny_model_dir(folder)
+    torch.manual_seed(1)
+    net = NoisePredictor(channels=8, num_blocks=1, pixel_unshuffle=2, emb_dim=8, beta_schedule="linear")
+    torch.nn.init.normal_(net.tail.weight, std=0.05)
+    net.save_pretrained(folder / "noise_predictor")
+    card = yaml.safe_load((folder / "model_card.yaml").read_text())
+    card["noise_predictor"] = {"scales": [2, 4], "t": list(t), "mix": 0.0}
+    (folder / "model_card.yaml").write_text(yaml.safe_dump(card))
+    return folder
+
+
+def test_a_model_with_a_noise_predictor_uses_it_unless_turned_off(tmp_path):
+    from vsr.noise.predicted import PredictedNoise
+
+    d = _with_predictor(tmp_path / "np")
+    img = moving_picture(0, 40, 24)
+    on = Upscaler.from_pretrained(str(d), scale=2, steps=1, dtype="float32")
+    off = on.with_config(noise_predictor="off")
+    assert isinstance(on.noise, PredictedNoise) and isinstance(off.noise, SharedNoise)
+    # the predictor's calibrated start replaces the card's PRF (t 0.2 at 2x)
+    assert on.timesteps_for(2.0) == (50,) and off.timesteps_for(2.0) == (200,)
+    a, b = on(img), off(img)
+    assert not np.array_equal(a, b)
+    assert np.array_equal(a, on(img))  # deterministic
+    plain = Upscaler.from_pretrained(build_tiny_model_dir(tmp_path / "plain"), scale=2, steps=1, dtype="float32")
+    assert np.array_equal(b, plain(img))  # off is exactly plain Diff-SR
+
+
+def test_noise_predictor_flag_reaches_the_engine_config():
+    from vsr.cli import build_parser
+    from vsr.pipelines.upscale_cli import engine_config_from_args
+
+    args = build_parser("upscale").parse_args(["upscale", "in.mp4", "out.mp4", "--noise-predictor", "off"])
+    assert engine_config_from_args(args).noise_predictor == "off"
+    args = build_parser("upscale").parse_args(["upscale", "in.mp4", "out.mp4"])
+    assert engine_config_from_args(args).noise_predictor == "auto"
+    with pytest.raises(ConfigError, match="noise_predictor"):
+        EngineConfig(noise_predictor="maybe")

@@ -59,6 +59,10 @@ class EngineConfig:
     overrides steps and noise_level. consistency is the number of back-projection
     passes applied to every step's x0 estimate so the output downscales back to the
     input (`vsr.sampling.back_project`); 0 is plain noise injection as in Diff-SR.
+    noise picks the Gaussian noise (one field shared by all frames, or fresh per frame);
+    noise_predictor "auto" predicts the noise from the frame with the model's
+    `noise_predictor/` when it has one (InvSR; the Gaussian field is its `mix` part),
+    "off" gives plain Diff-SR.
     """
 
     model: str | None = None
@@ -73,6 +77,7 @@ class EngineConfig:
     batch: int = 8
     seed: int = 0
     noise: Literal["shared", "fresh"] = "shared"
+    noise_predictor: Literal["auto", "off"] = "auto"
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
@@ -135,6 +140,8 @@ class EngineConfig:
             _fail("seed", self.seed, "an integer in 0..2**63-1")
         if self.noise not in NOISE_MODES:
             _fail("noise", self.noise, " or ".join(repr(m) for m in NOISE_MODES))
+        if self.noise_predictor not in ("auto", "off"):
+            _fail("noise_predictor", self.noise_predictor, "'auto' (use the model's noise_predictor/ when it has one) or 'off'")
         dev = self.device
         if not isinstance(dev, str) or not (
             dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())

@@ -51,7 +51,7 @@ class Upscaler:
         self.config = config
         self._model = model
         self._reloadable = False  # True when the weights can be reloaded from config.model
-        self._noise = noise if noise is not None else make_noise(config.noise, config.seed)
+        self._noise = noise  # None: built on first use from the config and the model (`noise`)
         self._denoiser: ModelDenoiser | None = None  # built on first use (device, dtype on it)
         if model is not None:
             self._check_tile(model)
@@ -79,7 +79,8 @@ class Upscaler:
         new._reloadable = self._reloadable
         if self._denoiser is not None and (config.device, config.dtype) == (self.config.device, self.config.dtype):
             new._denoiser = self._denoiser
-        if (config.noise, config.seed) == (self.config.noise, self.config.seed):
+        keys = ("noise", "seed", "noise_predictor")
+        if all(getattr(config, k) == getattr(self.config, k) for k in keys):
             new._noise = self._noise
         return new
 
@@ -102,6 +103,22 @@ class Upscaler:
             self._model = load_model(self.config.model)
             self._check_tile(self._model)
         return self._model
+
+    @property
+    def noise(self) -> NoiseSource:
+        """The noise source: the model's noise predictor (InvSR) when it has one and
+        config.noise_predictor is "auto", over the config's Gaussian source; else that
+        Gaussian source (shared or fresh)."""
+        if self._noise is None:
+            gaussian = make_noise(self.config.noise, self.config.seed)
+            predicted = None
+            if self.config.noise_predictor == "auto":
+                from vsr.noise.predicted import load_noise_predictor
+
+                predicted = load_noise_predictor(self.model, base=gaussian)
+            self._noise = predicted if predicted is not None else gaussian
+            log.info("noise: %s", type(self._noise).__name__)
+        return self._noise
 
     @property
     def tile(self) -> int:
@@ -154,7 +171,7 @@ class Upscaler:
             return self.config.timesteps
         level = self.config.noise_level
         if level == "auto":  # the noise source's own calibration (a predictor), else the card's PRF
-            level = self._noise.noise_level(scale)
+            level = self.noise.noise_level(scale)
         if level is None:
             card = self.model.card
             level = prf_noise_level(scale, card.prf_scales, card.prf_t)
@@ -194,7 +211,7 @@ class Upscaler:
         low, upsampled = x * 2.0 - 1.0, resize(x, H, W) * 2.0 - 1.0
         # 2. the noise to inject at the start timestep, from the noise source
         ctx = NoiseContext(tuple(indices), low, upsampled, ts[0], ac, previous, dtype=den.dtype)
-        eps = self._noise(ctx).to(den.device)
+        eps = self.noise(ctx).to(den.device)
         # 3. the method (Diff-SR: noise injection, DDIM, back-projection) on whole frames;
         #    the denoiser runs the model on tiles and blends their x0 at every step
         tiled = TiledDenoiser(den.predict_x0, ac, self.tile, self.overlap, self.config.batch)
@@ -219,7 +236,8 @@ class Upscaler:
         if isinstance(frame, torch.Tensor):
             return self._call_tensor(frame)
         if isinstance(frame, Frame):
-            return frame.with_image(self._call_numpy(frame.image, frame.index))
+            out = self._call_numpy(frame.image, frame.index)
+            return frame.with_image(out, resize_alpha(frame.alpha, *out.shape[:2]))
         if isinstance(frame, np.ndarray):
             return self._call_numpy(frame, 0)
         if hasattr(frame, "to_ndarray") and hasattr(frame, "pts"):
@@ -261,25 +279,22 @@ class Upscaler:
         return y[0] if t.ndim == 3 else y
 
     def _call_av(self, frame: Any) -> Any:
-        deep = any(b in frame.format.name for b in ("10", "12", "16", "48", "64"))
-        fmt = "rgb48le" if deep else "rgb24"
-        out_img = self._call_numpy(frame.to_ndarray(format=fmt), getattr(frame, "index", 0) or 0)
-        out = type(frame).from_ndarray(out_img, format=fmt)
-        out.pts = frame.pts
-        out.time_base = frame.time_base
-        return out
+        return _to_av(frame, self._call_numpy(_from_av(frame), getattr(frame, "index", 0) or 0))
 
     # -- streams ---------------------------------------------------------------------
     def stream(
-        self, frames: Iterable[Frame | np.ndarray], *, callback: Callable[[dict], None] | None = None
-    ) -> Iterator[Frame | np.ndarray]:
-        """Upscale a stream lazily: same order and count, Frame timing kept.
+        self, frames: Iterable[Any], *, callback: Callable[[dict], None] | None = None
+    ) -> Iterator[Any]:
+        """Upscale a stream lazily: same order and count, each frame returned as its type
+        (vsr Frame: timing and an upscaled alpha plane kept; av.VideoFrame: pts and
+        time_base kept, RGB out; numpy HxWx3 array).
 
         Consecutive frames of one size are grouped so that a group's tiles fill about
         one model batch; at most one group is held, so memory is bounded by the batch,
         not the frame count. callback gets {"frames_done", "index", "seconds"} per group.
         """
-        group: list[Frame | np.ndarray] = []
+        group: list[Any] = []  # the frames as given (Frame, array or av.VideoFrame)
+        arrays: list[np.ndarray] = []  # their pictures
         key: tuple | None = None
         per_group = 1
         done = 0
@@ -288,29 +303,64 @@ class Upscaler:
 
         def flush() -> Iterator[Frame | np.ndarray]:
             nonlocal done, state
-            images = [f.image if isinstance(f, Frame) else f for f in group]
             indices = [f.index if isinstance(f, Frame) else done + k for k, f in enumerate(group)]
-            size = self.output_size(*images[0].shape[:2])
+            size = self.output_size(*arrays[0].shape[:2])
             follows = state is not None and state.frame_index == indices[0] - 1 and tuple(state.eps.shape[-2:]) == size
-            outs, state = self._upscale_arrays(images, indices, previous=state if follows else None)
+            outs, state = self._upscale_arrays(arrays, indices, previous=state if follows else None)
             for f, img in zip(group, outs):
                 done += 1
-                yield f.with_image(img) if isinstance(f, Frame) else img
+                if isinstance(f, Frame):
+                    yield f.with_image(img, resize_alpha(f.alpha, *size))
+                elif isinstance(f, np.ndarray):
+                    yield img
+                else:
+                    yield _to_av(f, img)
             if callback is not None:
                 callback({"frames_done": done, "index": indices[-1], "seconds": time.perf_counter() - t0})
 
         for f in frames:
-            img = f.image if isinstance(f, Frame) else f
-            if not isinstance(img, np.ndarray):
-                raise InputError(f"stream() takes vsr Frames or numpy arrays, got {type(f).__name__}")
+            if isinstance(f, Frame):
+                img = f.image
+            elif isinstance(f, np.ndarray):
+                img = f
+            elif hasattr(f, "to_ndarray") and hasattr(f, "pts"):
+                img = _from_av(f)
+            else:
+                raise InputError(f"stream() takes vsr Frames, numpy arrays or av.VideoFrames, got {type(f).__name__}")
             k = (img.shape, img.dtype)
             if group and (k != key or len(group) >= per_group):
                 yield from flush()
-                group = []
+                group, arrays = [], []
             if not group:
                 key = k
                 H, W = self.output_size(img.shape[0], img.shape[1])
                 per_group = max(1, self.config.batch // self.tiles_per_frame(H, W))
             group.append(f)
+            arrays.append(img)
         if group:
             yield from flush()
+
+
+def resize_alpha(alpha: np.ndarray | None, height: int, width: int) -> np.ndarray | None:
+    """An HxW uint8/uint16 alpha plane resized to height x width with the engine's one
+    bicubic (`vsr.core.resample.resize`); transparency needs no diffusion prior."""
+    if alpha is None or alpha.shape == (height, width):
+        return alpha
+    peak = float(np.iinfo(alpha.dtype).max)
+    x = torch.from_numpy(alpha.astype(np.float32) / peak)[None, None]
+    y = resize(x, height, width)[0, 0].numpy()
+    return np.round(y * peak).astype(alpha.dtype)
+
+
+def _from_av(frame: Any) -> np.ndarray:
+    """An av.VideoFrame's picture as HxWx3 RGB, uint16 above 8 bits."""
+    deep = any(b in frame.format.name for b in ("10", "12", "16", "48", "64"))
+    return frame.to_ndarray(format="rgb48le" if deep else "rgb24")
+
+
+def _to_av(frame: Any, image: np.ndarray) -> Any:
+    """An upscaled picture as an av.VideoFrame of the same class, with `frame`'s pts and time base."""
+    out = type(frame).from_ndarray(image, format="rgb48le" if image.dtype == np.uint16 else "rgb24")
+    out.pts = frame.pts
+    out.time_base = frame.time_base
+    return out
