@@ -112,3 +112,20 @@ def test_prefetch_stops_its_thread_when_the_consumer_stops():
     assert closed.is_set() and not it.running
     with pytest.raises(ValueError):
         prefetch([], 0)
+
+
+def test_prefetch_keeps_the_callers_torch_thread_count():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+
+            def counts():
+                yield torch.get_num_threads()
+
+            with prefetch(counts(), 1) as it:
+                assert list(it) == [n]  # a bare thread would report OpenMP's default
+    finally:
+        torch.set_num_threads(before)

@@ -6,6 +6,7 @@ of a job (decode, engine, encode) overlap, and memory does not grow with the vid
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Generic, TypeVar
@@ -26,11 +27,14 @@ class Prefetch(Generic[T]):
         self._slots = threading.Semaphore(size)  # items made and not yet taken, at most `size`
         self._stop = threading.Event()
         self._finished = False
+        self._torch_threads = _torch_threads()
         self._thread = threading.Thread(target=self._produce, args=(iter(iterable),), name=name, daemon=True)
         self._thread.start()
 
     def _produce(self, it: Iterator[T]) -> None:
         try:
+            if self._torch_threads is not None:  # OpenMP's thread count is per thread: keep the caller's
+                sys.modules["torch"].set_num_threads(self._torch_threads)
             while True:
                 self._slots.acquire()
                 if self._stop.is_set():
@@ -81,6 +85,16 @@ class Prefetch(Generic[T]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _torch_threads() -> int | None:
+    """The caller's torch intra-op thread count when torch is loaded (never imports it).
+
+    A new thread starts with OpenMP's default count, not the one `torch.set_num_threads`
+    gave the caller, and the thread count changes float reductions: an engine in a
+    prefetch thread must compute what it computes in the caller (tests/test_jobs.py)."""
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else None
 
 
 def prefetch(iterable: Iterable[T], size: int, name: str = "vsr-prefetch") -> Prefetch[T]:
