@@ -144,3 +144,17 @@ def test_noise_predictor_flag_reaches_the_engine_config():
     assert engine_config_from_args(args).noise_predictor == "auto"
     with pytest.raises(ConfigError, match="noise_predictor"):
         EngineConfig(noise_predictor="maybe")
+
+
+def test_grouping_never_changes_a_pixel_even_in_bfloat16(model):
+    """A resumed or chunked job groups frames differently: every model call has the same
+    batch size, so the frames must come out bit-identical (bf16 rounds differently for
+    another batch size, by up to 6e-3)."""
+    up = Upscaler(model, EngineConfig(scale=2, steps=1, dtype="bfloat16", batch=4, tile=32, overlap=8))
+    frames = [Frame(moving_picture(i, 40, 24), pts=i, time_base=None, index=i) for i in range(4)]
+    assert up.frames_per_group(48, 80) == 2  # 6 tiles a frame: two frames fill 3 calls of 4
+    whole = [f.image for f in up.stream(frames)]
+    resumed = [f.image for f in up.stream(frames[1:])]  # groups (1, 2), (3) instead of (0, 1), (2, 3)
+    alone = up(frames[2]).image  # one frame: 6 tiles in 2 calls, the second padded
+    assert all(np.array_equal(a, b) for a, b in zip(whole[1:], resumed))
+    assert np.array_equal(whole[2], alone)

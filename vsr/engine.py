@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from vsr.config import EngineConfig
-from vsr.errors import ConfigError, InputError
+from vsr.errors import ConfigError, InputError, ResourceError
 from vsr.frame import Frame
 from vsr.core.resample import resize
 from vsr.core.schedule import prf_noise_level, timestep_set
 from vsr.core.tiling import TiledDenoiser, plan_tiles
-from vsr.device import resolve_device, resolve_dtype
+from vsr.device import is_out_of_memory, release_memory, resolve_device, resolve_dtype
 from vsr.methods import DEFAULT_METHOD, METHODS
 from vsr.models import LoadedModel, ModelDenoiser, load_model
 from vsr.noise import NoiseContext, NoiseSource, NoiseState, make_noise
@@ -36,6 +36,7 @@ from vsr.noise import NoiseContext, NoiseSource, NoiseState, make_noise
 log = logging.getLogger(__name__)
 
 DEFAULT_SCALE = 2.0
+GROUP_PIXELS = 3840 * 2160  # output pixels `stream` holds per group (memory bound)
 
 
 class Upscaler:
@@ -221,6 +222,14 @@ class Upscaler:
         state = NoiseState(indices[-1], upsampled[-1], eps[-1])
         return ((out + 1.0) / 2.0).clamp(0.0, 1.0), state
 
+    def frames_per_group(self, height: int, width: int) -> int:
+        """How many output frames of height x width `stream` upscales together: enough for
+        their tiles to fill whole model calls of `config.batch` (batch / gcd(tiles, batch)),
+        capped at GROUP_PIXELS of output so memory stays bounded (at least one frame)."""
+        tiles, batch = self.tiles_per_frame(height, width), self.config.batch
+        fill = batch // math.gcd(tiles, batch)
+        return max(1, min(fill, GROUP_PIXELS // max(1, height * width)))
+
     def tiles_per_frame(self, height: int, width: int) -> int:
         """How many model tiles one output frame of height x width needs (per step)."""
         t = self.tile
@@ -260,9 +269,37 @@ class Upscaler:
             raise InputError(f"expected an HxWx3 uint8 or uint16 RGB array, got shape {img.shape} {img.dtype}")
         peak = 255.0 if img.dtype == np.uint8 else 65535.0
         x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / peak
-        y, state = self._upscale(x, indices, previous, callback)
+        try:
+            y, state = self._upscale(x, indices, previous, callback)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled here
+            if not is_out_of_memory(exc):
+                raise
+            y, state = self._upscale_smaller(x, indices, previous, callback)
         y = (y * peak).round_().clamp_(0, peak).permute(0, 2, 3, 1).cpu().numpy().astype(img.dtype)
         return list(y), state
+
+    def _upscale_smaller(self, x: torch.Tensor, indices: list[int], previous: NoiseState | None, callback=None):
+        """After running out of memory: free what is cached and retry once with half the
+        batch (kept for the frames that follow); ResourceError, naming what to lower, if
+        that fails too."""
+        device = self.denoiser().device
+        n, _, h, w = x.shape
+        H, W = self.output_size(h, w)
+        half = max(1, self.config.batch // 2)
+        release_memory(device)
+        hint = (f"out of memory upscaling {n} frame(s) of {w}x{h} to {W}x{H} on {device} even with --batch {half}: "
+                f"lower --batch, --tile (now {self.tile}) or the output size (--target, --scale, --size)")
+        if half == self.config.batch:
+            raise ResourceError(hint) from None
+        log.warning("out of memory with --batch %d; retrying with --batch %d", self.config.batch, half)
+        self.config = self.config.replace(batch=half)
+        try:
+            return self._upscale(x, indices, previous, callback)
+        except Exception as exc:  # noqa: BLE001
+            if not is_out_of_memory(exc):
+                raise
+            release_memory(device)
+            raise ResourceError(hint) from None
 
     def _call_tensor(self, t: torch.Tensor) -> torch.Tensor:
         if t.ndim not in (3, 4) or t.shape[-3] != 3:
@@ -289,9 +326,11 @@ class Upscaler:
         (vsr Frame: timing and an upscaled alpha plane kept; av.VideoFrame: pts and
         time_base kept, RGB out; numpy HxWx3 array).
 
-        Consecutive frames of one size are grouped so that a group's tiles fill about
-        one model batch; at most one group is held, so memory is bounded by the batch,
-        not the frame count. callback gets {"frames_done", "index", "seconds"} per group.
+        Consecutive frames of one size are grouped so that a group's tiles fill whole
+        model calls (`frames_per_group`); at most one group is held, so memory is bounded
+        by GROUP_PIXELS, not the frame count. Every model call has the same batch size,
+        so how frames are grouped never changes a pixel (a resumed or chunked job gives
+        the same frames as one run). callback gets {"frames_done", "index", "seconds"} per group.
         """
         group: list[Any] = []  # the frames as given (Frame, array or av.VideoFrame)
         arrays: list[np.ndarray] = []  # their pictures
@@ -334,7 +373,7 @@ class Upscaler:
             if not group:
                 key = k
                 H, W = self.output_size(img.shape[0], img.shape[1])
-                per_group = max(1, self.config.batch // self.tiles_per_frame(H, W))
+                per_group = self.frames_per_group(H, W)
             group.append(f)
             arrays.append(img)
         if group:
