@@ -8,7 +8,6 @@ is plain data (`to_dict`), so it can be saved next to outputs and pickled.
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 import math
 import os
 from dataclasses import dataclass, fields
@@ -27,9 +26,12 @@ MAX_STEPS = 50
 def configs_dir() -> Path:
     """The shipped `configs/` folder: the installed `vsr.configs` package, else the checkout's."""
     try:
-        return Path(str(importlib.resources.files("vsr.configs")))
+        import vsr.configs
     except ModuleNotFoundError:
         return Path(__file__).resolve().parent.parent / "configs"
+    # the package's folder on disk (not str() of importlib's Traversable: for a namespace
+    # package that is "MultiplexedPath('...')", and every shipped card went missing)
+    return Path(next(iter(vsr.configs.__path__))).resolve()
 
 
 def preset_names() -> list[str]:

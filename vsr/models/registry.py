@@ -52,6 +52,8 @@ def resolve_model(model: str | os.PathLike | None) -> tuple[str, Path | str, Pat
                 f"{weights}/scheduler): train them with 'vsr train prior' or pass --model FOLDER"
             )
         card = next((c for c in (shipped_card_path(name), weights / "model_card.yaml") if c.is_file()), None)
+        if card is None:  # without it the engine would run the paper's PRF, far off this model's
+            raise ModelError(f"the card of the shipped model '{name}' is missing (expected {shipped_card_path(name)})")
         return "local", weights, card
     user_dir = user_models_dir()
     if user_dir is not None and (user_dir / name).is_dir():
