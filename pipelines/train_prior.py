@@ -68,7 +68,11 @@ def train(
     trainer = Trainer(cfg, train_images, val_images)
     ckpt = run / "last.pt"
     if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        try:  # weights_only: a crafted checkpoint cannot run code here
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - pickle/zip errors vary by torch version
+            raise InputError(f"cannot resume from {ckpt}: not a plain vsr checkpoint ({type(exc).__name__}); "
+                             "move it away to start over") from None
         trainer.load_state_dict(state)
         log.info("resumed from %s at step %d", ckpt, trainer.step)
     run.mkdir(parents=True, exist_ok=True)
@@ -131,9 +135,11 @@ def export(checkpoint: str | Path, out_dir: str | Path, *, dtype: torch.dtype = 
     from diffusers.training_utils import EMAModel
 
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors vary by torch version; all mean "not a checkpoint"
-        raise InputError(f"cannot read checkpoint {checkpoint}: {type(exc).__name__}: {exc}") from None
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise InputError(f"cannot read checkpoint {checkpoint} (a plain vsr checkpoint is loaded with weights_only=True, "
+                         f"never unpickled): {type(exc).__name__}: {first}") from None
     if not isinstance(state, dict) or not {"config", "unet", "ema"} <= set(state):
         raise InputError(f"{checkpoint} is not a vsr training checkpoint (expected config, unet and ema)")
     cfg = TrainConfig.from_dict(state["config"])

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
 from typing import Any
 
 from vsr import io
-from vsr.errors import EXIT_OK
+from vsr.errors import EXIT_OK, UsageError
 from vsr.pipelines.transcode import EncodeOptions, Progress, upscale_video
 from vsr.targets import PRESETS
 
@@ -55,7 +56,8 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--codec", default="libx264", help="video encoder: libx264 (default), libx265, libsvtav1, libvpx-vp9, ...")
     g.add_argument("--crf", type=float, help="constant quality (default 18; lower = better and bigger)")
     g.add_argument("--preset", help="encoder speed preset (default medium for x264/x265)")
-    g.add_argument("--pix-fmt", help="output pixel format (default yuv420p, or 10-bit for 10-bit input)")
+    g.add_argument("--pix-fmt", help="output pixel format (default yuv420p, 10-bit for 10-bit input, the codec's alpha format "
+                        "for input with transparency)")
     g.add_argument("--10bit", dest="ten_bit", action="store_true", help="encode 10-bit (yuv420p10le)")
     g.add_argument("--encoder-opt", metavar="KEY=VALUE", type=_key_value, action="append", default=[],
                    help="extra encoder option, repeatable (e.g. x264-params=aq-mode=3)")
@@ -71,13 +73,32 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch", type=int, help="tiles per model call (memory)")
     g.add_argument("--seed", type=int, help="noise seed")
     g.add_argument("--noise", choices=("shared", "fresh"), help="noise shared by all frames (steady) or fresh per frame")
+    g.add_argument("--noise-predictor", choices=("auto", "off"),
+                   help="auto: predict the start noise from each frame with the model's noise_predictor/ when it has "
+                        "one (InvSR); off: plain Diff-SR (default auto)")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
     g.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"))
+    g.add_argument("--allow-pickle", action="store_true",
+                   help="load a model folder whose weights are pickle .bin files (they can run code: trusted models only)")
     g = parser.add_argument_group("job")
     g.add_argument("--preview", type=int, metavar="N", help="write N side-by-side PNGs beside OUT and exit")
     g.add_argument("--overwrite", action="store_true", help="replace OUT (and an interrupted run's work) if present")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
-    g.add_argument("--segment-frames", type=int, help="frames per resumable segment (default: 4 s of video)")
+    g.add_argument("--segment-frames", type=int,
+                   help="frames per resumable segment (default: a quarter of the video, 1 to 4 s; --resume: the "
+                        "interrupted run's)")
+    g.add_argument("--start", type=float, metavar="SECONDS",
+                   help="begin at this time of IN (as ffmpeg -ss; frame-exact: the first frame shown at or after it)")
+    g.add_argument("--duration", type=float, metavar="SECONDS",
+                   help="upscale this many seconds (as ffmpeg -t); the output's timestamps start at 0")
+    g.add_argument("--strict", action="store_true",
+                   help="a truncated or damaged input is an error (exit 3) instead of a warning")
+    g.add_argument("--runner", choices=("local", "ray"), default="local",
+                   help="local: this machine (default); ray: spread the job over a Ray cluster's workers")
+    g.add_argument("--ray-address", default="auto", metavar="auto|HOST:PORT|local",
+                   help="with --runner ray: the cluster to join (default auto: this machine's; local: a private one)")
+    g.add_argument("--chunk-seconds", type=float, metavar="SECONDS",
+                   help="with --runner ray: video per chunk of work (default: at most 60 s, 4 chunks per worker)")
     g.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     g.add_argument("--progress", choices=("bar", "json"), default="bar", help="progress as a bar (stderr) or JSON lines (stdout)")
 
@@ -96,10 +117,22 @@ def engine_config_from_args(args: argparse.Namespace) -> Any:
         "batch": args.batch,
         "seed": args.seed,
         "noise": args.noise,
+        "noise_predictor": args.noise_predictor,
         "device": args.device,
         "dtype": args.dtype,
     }
     return base.replace(**overrides)
+
+
+def _runner(args: argparse.Namespace) -> Any:
+    """None (this machine) or the Ray runner --runner/--ray-address/--chunk-seconds ask for."""
+    if args.runner == "local":
+        if args.chunk_seconds is not None:
+            raise UsageError("--chunk-seconds needs --runner ray")
+        return None
+    from vsr.pipelines.ray_runner import RayRunner
+
+    return RayRunner(address=args.ray_address, chunk_seconds=args.chunk_seconds)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -109,8 +142,11 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     """`vsr upscale`: parse, run with a progress bar or JSON lines, print one summary line."""
     io.route_ffmpeg_logs(verbose=bool(getattr(args, "debug", False)))
+    if args.allow_pickle:  # read where the weights are loaded (vsr.models.loading.pickle_allowed)
+        os.environ["VSR_ALLOW_PICKLE"] = "1"
     config = engine_config_from_args(args)
     common = dict(model=args.model, config=config, target=args.target, size=args.size, fit=args.fit, scale=args.scale,
+                  start=args.start, duration=args.duration,
                   deinterlace=args.deinterlace)
     if args.preview is not None:
         result = upscale_video(args.input, args.output, preview=args.preview, overwrite=args.overwrite, **common)
@@ -144,7 +180,9 @@ def run_cli(args: argparse.Namespace) -> int:
             segment_frames=args.segment_frames,
             overwrite=args.overwrite,
             resume=args.resume,
+            strict=args.strict,
             progress=progress,
+            runner=_runner(args),
             **common,
         )
     finally:
@@ -155,7 +193,8 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.progress == "json":
         print(json.dumps({"event": "done", "output": str(result.output), "frames": result.frames,
                           "resumed_frames": result.resumed_frames,
-                          "size": list(result.size), "seconds": round(result.seconds, 3), "fps": round(result.fps, 3)}), flush=True)
+                          "size": list(result.size), "seconds": round(result.seconds, 3), "fps": round(result.fps, 3),
+                          "declared_frames": result.declared_frames, "warning": result.warning}), flush=True)
     elif not args.quiet:
         w, h = result.size
         print(f"wrote {result.output}: {result.frames} frames, {w}x{h}, {result.seconds:.1f} s ({result.fps:.2f} frames/s)")

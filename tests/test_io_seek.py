@@ -37,8 +37,8 @@ def decoded_pts(monkeypatch):
     seen: list[int] = []
     real = module._decoded_frames
 
-    def counting(packets):
-        for f in real(packets):
+    def counting(packets, *args):
+        for f in real(packets, *args):
             seen.append(f.pts)
             yield f
 

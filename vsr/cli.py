@@ -27,6 +27,8 @@ class _Parser(argparse.ArgumentParser):
 # name -> (module, one-line help). Imported lazily so `vsr --help` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
     "upscale": ("vsr.pipelines.upscale_cli", "upscale a video file (the main job)"),
+    "stream": ("vsr.pipelines.stream", "upscale a live stream (RTMP, SRT, UDP, a pipe) in real time"),
+    "gst-plugin-path": ("vsr.pipelines.gst", "print the folder to add to GST_PLUGIN_PATH for the vsrupscale element"),
     "calibrate": ("vsr.calibrate", "measure a model's Perceptual Recoverable Field per scale"),
     "models": ("vsr.models", "list the available models or show a model card"),
     "eval": ("vsr.evaluate", "quality and temporal metrics of an output video"),
@@ -44,6 +46,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "(noise injection at the Perceptual Recoverable Field).",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--version", action="version", version=f"vsr {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -61,13 +64,43 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    """The installed package's version (from its metadata: pyproject.toml is the one place it is written)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vsr")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _one_line(message: str) -> str:
     """Errors are one line on stderr even when they quote a multi-line parser message
     (a YAML syntax error, say)."""
     return " ".join(message.split())
 
 
+def _ignore_further_interrupts() -> None:
+    """After the one-line message, exit with 130 even if another SIGINT/SIGTERM comes in
+    (a second Ctrl-C, or one still pending in a worker thread at shutdown): Python would
+    otherwise die of the signal (-2) instead of exiting with the documented code."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """vsr.device.is_out_of_memory without importing torch here (the CLI starts fast)."""
+    if "vsr.device" not in sys.modules:
+        return False
+    return bool(sys.modules["vsr.device"].is_out_of_memory(exc))
+
+
 def main(argv: list[str] | None = None) -> int:
+    as_program = argv is None  # the process itself (not a call from Python): it may set signal handlers
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     # --debug belongs before the command; after it, it is a usage error shown as one line
@@ -88,18 +121,25 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"vsr: {_one_line(str(exc))}", file=sys.stderr)
+        if as_program and exc.exit_code == EXIT_INTERRUPTED:
+            _ignore_further_interrupts()
         return exc.exit_code
     except KeyboardInterrupt:
+        if as_program:
+            _ignore_further_interrupts()
         print("vsr: interrupted (rerun with --resume to continue)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MemoryError:
         if debug:
             raise
-        print("vsr: out of memory: lower --batch or --tile", file=sys.stderr)
+        print("vsr: out of memory: lower --batch, --tile or the output size (--target, --scale)", file=sys.stderr)
         return EXIT_RESOURCES
     except Exception as exc:  # a bug: still one line unless --debug
         if debug:
             raise
+        if _out_of_memory(exc):  # torch's allocators raise RuntimeError subclasses
+            print("vsr: out of memory: lower --batch, --tile or the output size (--target, --scale)", file=sys.stderr)
+            return EXIT_RESOURCES
         print(f"vsr: internal error: {type(exc).__name__}: {_one_line(str(exc))} (rerun with --debug)", file=sys.stderr)
         return EXIT_INTERNAL
 

@@ -50,3 +50,31 @@ def prepare_net(net: torch.nn.Module, device: torch.device, dtype: torch.dtype) 
     if not (device.type == "cpu" and dtype == torch.float32):
         out = out.to(memory_format=torch.channels_last)
     return out.eval().requires_grad_(False)
+
+
+def runtime_record(device: torch.device, dtype: torch.dtype) -> dict:
+    """What a job computes on, as the journal records it: a resume must match it exactly
+    (`auto` may resolve differently on another machine or torch)."""
+    return {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__}
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` means memory ran out: MemoryError (host), torch's OutOfMemoryError
+    (CUDA/MPS), or the RuntimeError torch's CPU allocator raises ("can't allocate memory")."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        w in text for w in ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
+    )
+
+
+def release_memory(device: torch.device) -> None:
+    """Give cached blocks back after an out-of-memory error, before a retry."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()

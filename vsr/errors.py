@@ -54,3 +54,9 @@ class CodecError(VsrError):
 
 class ResourceError(VsrError):
     exit_code = EXIT_RESOURCES
+
+
+class Interrupted(VsrError):
+    """Ctrl-C or SIGTERM, where the message says more than the CLI's generic line."""
+
+    exit_code = EXIT_INTERRUPTED

@@ -18,12 +18,15 @@ class Frame:
 
     pts/time_base: the source frame's presentation timestamp, kept verbatim so variable
     frame rate and A/V sync survive; index: position in decode order (0-based).
+    alpha: the transparency plane of a source that has one (HxW, the image's dtype,
+    0 = transparent, peak = opaque; not premultiplied), else None.
     """
 
     image: np.ndarray
     pts: int | None = None
     time_base: Fraction | None = None
     index: int = 0
+    alpha: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         img = self.image
@@ -31,6 +34,9 @@ class Frame:
             raise ValueError(f"Frame.image must be HxWx3, got shape {img.shape}")
         if img.dtype not in (np.uint8, np.uint16):
             raise ValueError(f"Frame.image must be uint8 or uint16, got {img.dtype}")
+        a = self.alpha
+        if a is not None and (a.shape != img.shape[:2] or a.dtype != img.dtype):
+            raise ValueError(f"Frame.alpha must be {img.shape[:2]} {img.dtype}, got {a.shape} {a.dtype}")
 
     @property
     def height(self) -> int:
@@ -40,6 +46,10 @@ class Frame:
     def width(self) -> int:
         return int(self.image.shape[1])
 
-    def with_image(self, image: np.ndarray) -> "Frame":
-        """Same timing, new pixels (what every stage after decode returns)."""
-        return replace(self, image=image)
+    def with_image(self, image: np.ndarray, alpha: np.ndarray | None = None) -> "Frame":
+        """Same timing, new pixels (what every stage after decode returns). alpha: the new
+        transparency plane; None keeps the frame's own when the size is unchanged (a stage
+        that resizes a frame with alpha passes the resized plane, else it is dropped)."""
+        if alpha is None and self.alpha is not None and self.alpha.shape == image.shape[:2]:
+            alpha = self.alpha
+        return replace(self, image=image, alpha=alpha)

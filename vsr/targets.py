@@ -130,7 +130,9 @@ def plan_output(
             if not 0 < s < math.inf:
                 raise UsageError(f"--scale must be a positive number, got {scale}")
             if max(dw, dh) * s > MAX_SIDE:
-                raise UsageError(f"--scale {scale:g} is too large: encoders accept at most {MAX_SIDE} pixels a side")
+                given = "the default, " if scale is None else ""
+                raise UsageError(f"--scale {s:g} ({given}{round(dw)}x{round(dh)} in) is too large: "
+                                 f"encoders accept at most {MAX_SIDE} pixels a side")
             out = (even(dw * s), even(dh * s))
         plan = Plan(crop=full, scaled=out, pad=(0, 0, 0, 0), out=out)
     else:

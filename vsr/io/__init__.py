@@ -13,9 +13,11 @@ from vsr.io.encoder import (
     X26X_PRESETS,
     EncoderSettings,
     StreamFormat,
+    alpha_format,
     check_codec,
     check_encoder,
     check_encoder_opens,
+    holds_alpha,
     needs_global_header,
     ten_bit_format,
     video_encoders,
@@ -24,11 +26,11 @@ from vsr.io.index import FrameIndex, SeekPoint, scan
 from vsr.io.logs import route_ffmpeg_logs
 from vsr.io.mux import assemble, check_output
 from vsr.io.segments import MAGIC, SegmentWriter, file_sha256, read_segment
-from vsr.io.source import HDR10, Colour, StreamInfo, VideoInfo, is_live, is_url, probe
+from vsr.io.source import DEFAULT_RATE, HDR10, Colour, StreamInfo, VideoInfo, has_alpha, is_live, is_url, probe
 
 __all__ = [
-    "DEINTERLACE", "HDR10", "MAGIC", "X26X_PRESETS", "Colour", "EncoderSettings", "FrameIndex", "SeekPoint",
+    "DEFAULT_RATE", "DEINTERLACE", "HDR10", "MAGIC", "X26X_PRESETS", "Colour", "EncoderSettings", "FrameIndex", "SeekPoint",
     "SegmentWriter", "StreamFormat", "StreamInfo", "VideoInfo", "assemble", "check_codec", "check_encoder",
-    "check_encoder_opens", "check_output", "decode", "file_sha256", "is_live", "is_url", "needs_global_header",
+    "check_encoder_opens", "check_output", "decode", "alpha_format", "has_alpha", "holds_alpha", "file_sha256", "is_live", "is_url", "needs_global_header",
     "probe", "read_segment", "route_ffmpeg_logs", "scan", "ten_bit_format", "video_encoders",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from itertools import chain
 
@@ -20,6 +20,7 @@ from vsr.errors import InputError, UsageError
 from vsr.frame import Frame
 from vsr.io.index import FrameIndex, SeekPoint, scan
 from vsr.io.source import (
+    DEFAULT_RATE,
     MATRIX,
     VideoInfo,
     describe,
@@ -46,6 +47,7 @@ def decode(
     stop: int | None = None,
     deinterlace: str = "auto",
     index: FrameIndex | None = None,
+    on_error: Callable[[str], None] | None = None,
 ) -> Iterator[Frame]:
     """Yield the frames `start` (default 0) to `stop` (exclusive; default: to the end) of
     the first video stream of `source` (a path or any URL FFmpeg opens; "-" is stdin) as
@@ -54,7 +56,8 @@ def decode(
     image: HxWx3, uint8 for 8-bit sources, uint16 (0..65535) above; the display rotation
     is applied (np.rot90 counter-clockwise), the SAR is not (see `vsr.targets`).
     pts/time_base: the decoder's presentation timestamps, verbatim (VFR survives);
-    frames without pts get one extrapolated from the previous frame. index: 0, 1, 2, ...
+    frames without pts get one extrapolated from the previous frame, or (a stream without
+    timestamps, e.g. raw .h264) frame k gets k / rate seconds, 25 fps when none is known. index: 0, 1, 2, ...
     in display order, the same whatever `start` is.
     start: seek to the last keyframe at or before it (before `start - WARMUP` when
     deinterlacing), decode from there and drop the frames before `start` unconverted.
@@ -64,6 +67,10 @@ def decode(
     info: `probe(source)`; None probes in the same read (the only way for a live source).
     deinterlace: "auto" (when the stream is interlaced, `VideoInfo.interlaced`), "on" or
     "off"; see `_deinterlaced`. Raises InputError for an unusable or corrupt source.
+    on_error: None raises InputError at the first packet that cannot be read or decoded;
+    a callable gets what `ffmpeg` does by default instead: a packet that does not decode
+    is skipped and a file that cannot be read further (truncated) ends the frames, each
+    reported as on_error("why"), so the frames that do decode still come out.
     """
     if deinterlace not in DEINTERLACE:
         raise UsageError(f"deinterlace must be one of {', '.join(DEINTERLACE)}, got {deinterlace!r}")
@@ -80,7 +87,7 @@ def decode(
         info = info or probe(source)
         index = index or scan(source, info)
         point = index.seek_point(start - (WARMUP if _mode(info, deinterlace) != "off" else 0))
-    return _frames(source, info, start, stop, deinterlace, index if point else None, point)
+    return _frames(source, info, start, stop, deinterlace, index if point else None, point, on_error)
 
 
 def _mode(info: VideoInfo, deinterlace: str) -> str:
@@ -91,11 +98,11 @@ def _mode(info: VideoInfo, deinterlace: str) -> str:
 
 def _frames(
     source: str | os.PathLike, info: VideoInfo | None, start: int, stop: int | None, deinterlace: str,
-    index: FrameIndex | None, point: SeekPoint | None,
+    index: FrameIndex | None, point: SeekPoint | None, on_error: Callable[[str], None] | None = None,
 ) -> Iterator[Frame]:
     c, vs, packets, point = _open_at(source, info, point)
     with c:
-        decoded = _decoded_frames(packets)
+        decoded = _decoded_frames(packets, on_error)
         if info is None:  # probe from this read: what a live source needs
             info, first = describe(c, vs, source, decoded)
             decoded = chain([first], decoded)
@@ -110,8 +117,10 @@ def _frames(
                 if stop is not None and index_k >= stop:
                     return
                 pts = frame.pts
-                if pts is None and last_pts is not None:
-                    pts = last_pts + (step or 1)
+                if pts is None:  # numbered from the frame rate (`probe` gives 25 fps when none is known)
+                    tb = frame.time_base or info.time_base
+                    tick = 1 / ((info.rate or DEFAULT_RATE) * tb)
+                    pts = last_pts + (step or max(1, round(tick))) if last_pts is not None else round(index_k * tick)
                 if pts is not None and last_pts is not None and pts > last_pts:
                     step = pts - last_pts
                 if point is not None and (index_k >= len(index) or pts != index.pts[index_k]):
@@ -123,11 +132,12 @@ def _frames(
                 index_k += 1
                 if index_k <= start:
                     continue  # before `start`: decoded (the deinterlacer's warm-up), not converted
-                img = _to_rgb(frame, info)
+                img, alpha = _to_rgb_alpha(frame, info)
                 k = (int(round(rotation / 90.0)) % 4) if rotation else 0
                 if k:
                     img = np.ascontiguousarray(np.rot90(img, k))
-                yield Frame(img, pts=pts, time_base=frame.time_base or info.time_base, index=index_k - 1)
+                    alpha = None if alpha is None else np.ascontiguousarray(np.rot90(alpha, k))
+                yield Frame(img, pts=pts, time_base=frame.time_base or info.time_base, index=index_k - 1, alpha=alpha)
         except av.FFmpegError as exc:
             raise InputError(f"{os.fspath(source)} is corrupt at frame {index_k}: {reason(exc)}") from exc
 
@@ -180,11 +190,30 @@ def _seek(
     return None
 
 
-def _decoded_frames(packets: Iterator[av.Packet]) -> Iterator[av.VideoFrame]:
+def _decoded_frames(
+    packets: Iterator[av.Packet], on_error: Callable[[str], None] | None = None
+) -> Iterator[av.VideoFrame]:
     """What `container.decode(stream)` does, over packets we chose (the last one, of size
-    0, flushes the decoder's delayed frames)."""
-    for pkt in packets:
-        yield from pkt.decode()
+    0, flushes the decoder's delayed frames). on_error: see `decode`."""
+    packets = iter(packets)
+    while True:
+        try:
+            pkt = next(packets)
+        except StopIteration:
+            return
+        except av.FFmpegError as exc:
+            if on_error is None:
+                raise
+            on_error(f"the file cannot be read past this point ({reason(exc)})")
+            return
+        try:
+            frames = pkt.decode()
+        except av.FFmpegError as exc:
+            if on_error is None:
+                raise
+            on_error(f"a damaged packet could not be decoded ({reason(exc)})")
+            continue
+        yield from frames
 
 
 def _to_rgb(frame: av.VideoFrame, info: VideoInfo) -> np.ndarray:
@@ -196,6 +225,19 @@ def _to_rgb(frame: av.VideoFrame, info: VideoInfo) -> np.ndarray:
         src_color_range=info.colour.range,
         interpolation="BICUBIC",
     )
+
+
+def _to_rgb_alpha(frame: av.VideoFrame, info: VideoInfo) -> tuple[np.ndarray, np.ndarray | None]:
+    """`_to_rgb`, plus the HxW alpha plane (same dtype) when the source has one."""
+    if not info.alpha:
+        return _to_rgb(frame, info), None
+    rgba = frame.to_ndarray(
+        format="rgba64le" if info.bit_depth > 8 else "rgba",
+        src_colorspace=MATRIX[info.colour.matrix],
+        src_color_range=info.colour.range,
+        interpolation="BICUBIC",
+    )
+    return np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3])
 
 
 def _same_size(frames: Iterator[av.VideoFrame], size: tuple[int, int], first: int = 0) -> Iterator[av.VideoFrame]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from vsr.errors import CodecError, OutputError
 from vsr.frame import Frame
-from vsr.io.source import HDR10, MATRIX, Colour, reason
+from vsr.io.source import HDR10, MATRIX, Colour, has_alpha, reason
 
 
 def _decimal_master_display(x265: str) -> str:
@@ -63,12 +63,37 @@ class EncoderSettings:
                 opts["svtav1-params"] = ":".join(parts)
         if self.codec == "libx265":  # x265 prints its own statistics to stderr otherwise
             opts["x265-params"] = ":".join(filter(None, ["log-level=error", opts.get("x265-params")]))
+        opts.update(_deterministic_threads(self.codec, opts))
         for k, v in self.options:
             if k in opts and k.endswith("-params"):
                 opts[k] = f"{opts[k]}:{v}"
             else:
                 opts[k] = v
         return opts
+
+
+# Encoder threads, fixed (`DETERMINISTIC_THREADS`): the same frames give the same bytes on
+# any machine, under any load, in a resumed or distributed job. x264 and x265 pick their
+# thread count from the CPUs they may use (x264: 1.5 x cores; PyAV also asks FFmpeg for
+# x264's *sliced* threads by default, one slice per thread), and that count changes the
+# bitstream (slices, the motion search range between frame threads, x265's lookahead
+# slices): a `taskset`, a container's CPU limit or another machine gave other bytes.
+# Frame threads at a fixed count are deterministic by design in x264 (non-deterministic=0,
+# its default, made explicit) and x265; x264's threaded lookahead (sync-lookahead) decides
+# frame types on whatever frames have arrived when its thread runs, so it is off. The
+# encoder is a small part of vsr's time (the diffusion model is the rest), so a fixed
+# count costs little. A user's own `--encoder-opt threads=N` still wins.
+DETERMINISTIC_THREADS = 4
+
+
+def _deterministic_threads(codec: str, opts: dict[str, str]) -> dict[str, str]:
+    if codec == "libx264":
+        return {"threads": str(DETERMINISTIC_THREADS), "thread_type": "frame",
+                "x264-params": ":".join(filter(None, ["sync-lookahead=0:non-deterministic=0", opts.get("x264-params")]))}
+    if codec == "libx265":
+        return {"x265-params": ":".join(filter(None, [
+            opts.get("x265-params"), f"frame-threads={DETERMINISTIC_THREADS}:lookahead-slices=0"]))}
+    return {}
 
 
 def video_encoders() -> list[str]:
@@ -121,6 +146,31 @@ def ten_bit_format(codec: str) -> str:
         if name in formats:
             return name
     raise CodecError(f"{codec} has no 10-bit 4:2:0 format: pick --codec libx264, libx265 or libsvtav1")
+
+
+# Encoders whose alpha lives outside the coded picture (VP9's in Matroska BlockAdditional
+# side data, x265's in a second layer): vsr's segment files keep only the packets' bytes.
+_ALPHA_ASIDE = ("libvpx", "libvpx-vp9", "libx265")
+
+
+def holds_alpha(codec: str, pix_fmt: str) -> bool:
+    """Whether `codec` encoding `pix_fmt` keeps a transparency plane in vsr's output
+    (prores_ks yuva444p10le, ffv1/ffvhuff yuva*, png rgba, qtrle argb, utvideo gbrap)."""
+    return has_alpha(pix_fmt) and codec not in _ALPHA_ASIDE
+
+
+def alpha_format(codec: str, deep: bool) -> str | None:
+    """The pixel format with alpha `codec` should use for a source with transparency
+    (deep: more than 8 bits), or None if it has none vsr can write."""
+    if codec in _ALPHA_ASIDE:
+        return None
+    formats = [f.name for f in (av.codec.Codec(codec, "w").video_formats or ())]
+    prefer = ("yuva444p10le", "yuva444p12le", "rgba64be", "rgba64le", "gbrap10le", "yuva444p16le", "yuva420p10le")
+    prefer_8 = ("yuva444p", "yuva420p", "rgba", "argb", "bgra", "gbrap", "yuva422p")
+    for name in (prefer + prefer_8) if deep else (prefer_8 + prefer):
+        if name in formats:
+            return name
+    return next((f for f in formats if has_alpha(f)), None)
 
 
 def needs_global_header(dst: str | os.PathLike) -> bool:
@@ -197,7 +247,12 @@ def to_av_frame(frame: Frame, fmt: StreamFormat) -> av.VideoFrame:
     """An RGB Frame (uint8 or uint16) -> the encoder's pixel format with `fmt`'s matrix and
     range, keeping the pts (the frame index where it has none)."""
     img = frame.image
-    vf = av.VideoFrame.from_ndarray(img, format="rgb48le" if img.dtype == np.uint16 else "rgb24")
+    deep = img.dtype == np.uint16
+    if has_alpha(fmt.settings.pix_fmt):  # the frame's alpha, or opaque where it has none
+        alpha = frame.alpha if frame.alpha is not None else np.full(img.shape[:2], np.iinfo(img.dtype).max, img.dtype)
+        vf = av.VideoFrame.from_ndarray(np.dstack([img, alpha]), format="rgba64le" if deep else "rgba")
+    else:
+        vf = av.VideoFrame.from_ndarray(img, format="rgb48le" if deep else "rgb24")
     vf = vf.reformat(
         format=fmt.settings.pix_fmt,
         dst_colorspace=MATRIX[fmt.colour.matrix],

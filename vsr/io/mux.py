@@ -11,7 +11,8 @@ import io
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ class _Output:
     video: av.stream.Stream
     copies: dict[int, av.stream.Stream]
     dropped: list[str]
+    encodes: dict[int, av.stream.Stream] = field(default_factory=dict)  # audio re-encoded for this container
 
 
 def _start_output(inp: av.container.InputContainer, info: VideoInfo, fmt: StreamFormat, target: Any,
@@ -45,6 +47,7 @@ def _start_output(inp: av.container.InputContainer, info: VideoInfo, fmt: Stream
     out = av.open(target, "w", format=output_format(name).name)
     dropped: list[str] = []
     copies: dict[int, av.stream.Stream] = {}
+    encodes: dict[int, av.stream.Stream] = {}
     video_out = None
     try:
         for k, v in inp.metadata.items():
@@ -71,15 +74,23 @@ def _start_output(inp: av.container.InputContainer, info: VideoInfo, fmt: Stream
                 continue
             else:
                 codec = ist.codec_context.name if ist.codec_context else None
-                if ist.type not in ("audio", "subtitle", "video", "data") or codec not in supported:
+                encoder = _audio_encoder(out) if ist.type == "audio" and codec not in supported else None
+                if encoder is not None:
+                    ost = _add_audio_encoder(out, encoder, ist)
+                    encodes[ist.index] = ost
+                    if warn:
+                        log.warning("stream %d (audio %s) is re-encoded to %s: %s files cannot hold %s", ist.index,
+                                    codec, encoder, Path(name).suffix or "such", codec)
+                elif ist.type not in ("audio", "subtitle", "video", "data") or codec not in supported:
                     what = f"stream {ist.index} ({ist.type} {codec or '?'})"
                     if warn:
                         log.warning("%s cannot be stored in %s and is left out", what, Path(name).suffix or "this container")
                     dropped.append(what)
                     continue
-                ost = out.add_stream_from_template(ist)
-                ost.time_base = ist.time_base
-                copies[ist.index] = ost
+                else:
+                    ost = out.add_stream_from_template(ist)
+                    ost.time_base = ist.time_base
+                    copies[ist.index] = ost
             for k, v in ist.metadata.items():
                 if k.upper() not in ("DURATION", "ENCODER") and not k.upper().startswith("_STATISTICS"):
                     ost.metadata[k] = v
@@ -97,7 +108,33 @@ def _start_output(inp: av.container.InputContainer, info: VideoInfo, fmt: Stream
             f"cannot write a {Path(name).suffix} file from this input ({reason(exc)}): a copied stream may not fit "
             "this container, try OUT.mkv"
         ) from exc
-    return _Output(out, video_out, copies, dropped)
+    return _Output(out, video_out, copies, dropped, encodes)
+
+
+# Audio encoders for a container that cannot hold the source's codec (AAC in .webm), best first.
+_AUDIO_ENCODERS = ("libopus", "aac", "libvorbis", "flac", "mp3", "ac3")
+_AUDIO_CODEC_NAMES = {"libopus": "opus", "libvorbis": "vorbis", "mp3": "mp3", "libmp3lame": "mp3"}
+
+
+def _audio_encoder(out: av.container.OutputContainer) -> str | None:
+    """The encoder to re-encode audio with for `out`'s container (None: none fits)."""
+    supported = out.supported_codecs
+    for name in _AUDIO_ENCODERS:
+        if name in av.codecs_available and (name in supported or _AUDIO_CODEC_NAMES.get(name) in supported):
+            return name
+    return None
+
+
+def _add_audio_encoder(out: av.container.OutputContainer, encoder: str, ist: av.stream.Stream) -> av.stream.Stream:
+    """An output audio stream encoding `ist`'s channels at its sample rate (or 48 kHz where the
+    encoder cannot take it, as libopus only takes 8 to 48 kHz)."""
+    icc = ist.codec_context
+    rates = av.codec.Codec(encoder, "w").audio_rates or ()
+    rate = icc.sample_rate if not rates or icc.sample_rate in rates else 48000
+    ost = out.add_stream(encoder, rate=rate)
+    ost.layout = icc.layout.name if icc.layout and icc.layout.nb_channels <= 2 else "stereo"
+    ost.time_base = Fraction(1, rate)
+    return ost
 
 
 def check_output(src: str | os.PathLike, info: VideoInfo, fmt: StreamFormat, dst: str | os.PathLike) -> list[str]:
@@ -110,22 +147,44 @@ def check_output(src: str | os.PathLike, info: VideoInfo, fmt: StreamFormat, dst
         return o.dropped
 
 
-def assemble(src: str | os.PathLike, info: VideoInfo, segments: list[Path], dst: str | os.PathLike, fmt: StreamFormat) -> list[str]:
+def start_shift(inp: av.container.InputContainer) -> Fraction:
+    """Seconds subtracted from every stream's timestamps: the input's start time (the
+    earliest first timestamp of its streams) when it is positive, else 0.
+
+    This mirrors the ffmpeg command line's default (no `-copyts`): it subtracts the input
+    file's `start_time` from every stream, so a transport stream or a file that claims to
+    start at 3600 s plays from 0 with its streams' offsets and frame spacing unchanged. A
+    negative start (an encoder's priming samples in MP4) is left as it is, for the muxer
+    to handle as FFmpeg's `-avoid_negative_ts auto` does."""
+    start = inp.start_time
+    return Fraction(start, 1_000_000) if start is not None and start > 0 else Fraction(0)
+
+
+def assemble(src: str | os.PathLike, info: VideoInfo, segments: list[Path], dst: str | os.PathLike, fmt: StreamFormat,
+             *, window: tuple[Fraction, Fraction | None] | None = None) -> list[str]:
     """Write `dst`: the segments' video plus every other stream of `src` copied packet for
     packet (payloads untouched; only packets of size 0 are skipped), container and stream
     metadata, dispositions, attachments and chapters. Streams the output container cannot
-    hold are left out with a warning; the returned list names them."""
+    hold are left out with a warning; the returned list names them.
+
+    Timestamps: every stream is shifted by the same amount, so the output starts at 0
+    (`start_shift`). window: (t0, t1) in seconds of the source's timeline, for a part of
+    the video (`--start`/`--duration`): t0 is subtracted from every stream and the other
+    streams' packets that begin outside [t0, t1) are left out (t1 None: to the end)."""
     with open_input(src) as inp:
+        t0, t1 = window if window is not None else (start_shift(inp), None)
         try:
             o = _start_output(inp, info, fmt, str(dst), str(dst), warn=False)
         except OSError as exc:
             raise OutputError(f"cannot write {dst}: {exc.strerror}") from exc
-        out, video_out, copies, dropped = o.container, o.video, o.copies, o.dropped
+        out, video_out, copies, dropped, encodes = o.container, o.video, o.copies, o.dropped, o.encodes
+        shift = t0 / fmt.time_base  # in the video's ticks
 
         def video_packets() -> Iterator[tuple[float, int, av.Packet, av.stream.Stream]]:
             last_dts = None
             for seg in segments:
                 for pts, dts, dur, key, data in read_segment(seg):
+                    pts, dts = _shifted(pts, shift), _shifted(dts, shift)
                     if dts is not None and last_dts is not None and dts <= last_dts:
                         dts = last_dts + 1  # joins of B-frame segments; dts stays <= pts
                     pkt = av.Packet(data)
@@ -137,16 +196,29 @@ def assemble(src: str | os.PathLike, info: VideoInfo, segments: list[Path], dst:
                     yield (float((t or 0) * fmt.time_base), 0, pkt, video_out)
 
         def copied_packets() -> Iterator[tuple[float, int, av.Packet, av.stream.Stream]]:
-            if not copies:
+            if not copies and not encodes:
                 return
-            ins = [inp.streams[i] for i in copies]
+            ins = [inp.streams[i] for i in (*copies, *encodes)]
             last = 0.0
             for pkt in inp.demux(*ins):
+                if pkt.stream.index in encodes:  # re-encoded (AAC into .webm): decoded, flush packets too
+                    for p in _reencode(pkt, encodes[pkt.stream.index], t0, t1):
+                        last = max(last, float(p.pts * p.time_base)) if p.pts is not None else last
+                        yield (last, 1, p, encodes[pkt.stream.index])
+                    continue
                 if pkt.size == 0:  # demuxer flush packets; never test dts here (MKV)
                     continue
+                tb = pkt.time_base
+                if tb and (t0 or t1 is not None) and pkt.pts is not None:
+                    begin = pkt.pts * tb
+                    if begin < t0 or (t1 is not None and begin >= t1):
+                        continue  # outside the window: as ffmpeg's stream copy after -ss, what begins before it goes
+                if tb and t0:
+                    k = t0 / tb
+                    pkt.pts, pkt.dts = _shifted(pkt.pts, k), _shifted(pkt.dts, k)
                 t = pkt.dts if pkt.dts is not None else pkt.pts
-                if t is not None and pkt.time_base:
-                    last = float(t * pkt.time_base)
+                if t is not None and tb:
+                    last = float(t * tb)
                 yield (last, 1, pkt, copies[pkt.stream.index])
 
         n = 0
@@ -161,6 +233,34 @@ def assemble(src: str | os.PathLike, info: VideoInfo, segments: list[Path], dst:
         except OSError as exc:
             raise OutputError(f"cannot write {dst}: {exc.strerror} (disk full?)") from exc
         finally:
-            out.close()
+            try:
+                out.close()
+            except (av.FFmpegError, OSError):  # closing again after a failed trailer (disk full)
+                pass
         log.debug("muxed %d packets into %s", n, dst)
     return dropped
+
+
+def _reencode(pkt: av.Packet, ost: av.stream.Stream, t0: Fraction, t1: Fraction | None) -> Iterator[av.Packet]:
+    """Decode one audio packet and encode its samples into `ost` (the encoder's flush after
+    the stream's last packet); samples outside the window [t0, t1) are left out, and time
+    starts at t0, as for the copied streams."""
+    try:
+        frames = pkt.decode()
+    except av.FFmpegError:
+        frames = []  # a damaged audio packet: skipped, as ffmpeg does
+    for frame in frames:
+        if frame.pts is not None and frame.time_base:
+            begin = frame.pts * frame.time_base
+            if (t0 or t1 is not None) and (begin < t0 or (t1 is not None and begin >= t1)):
+                continue
+            frame.pts = round((begin - t0) * frame.sample_rate)
+            frame.time_base = Fraction(1, frame.sample_rate)
+        yield from ost.encode(frame)
+    if pkt.size == 0:  # the input stream ended: flush the encoder
+        yield from ost.encode(None)
+
+
+def _shifted(ts: int | None, shift: Fraction) -> int | None:
+    """A timestamp moved back by `shift` ticks (rounded to the nearest tick)."""
+    return ts if ts is None or not shift else ts - round(shift)

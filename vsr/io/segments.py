@@ -41,8 +41,11 @@ class SegmentWriter:
         self.frames = 0
         self._part = self.path.with_name(self.path.name + ".part")
         self._cc = open_encoder(fmt, global_header=fmt.global_header)
-        try:
-            self._file = open(self._part, "wb")
+        try:  # a fresh file, never through a symlink planted at its name
+            if os.path.lexists(self._part):
+                os.unlink(self._part)
+            fd = os.open(self._part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            self._file = os.fdopen(fd, "wb")
         except OSError as exc:
             raise OutputError(f"cannot write {self._part}: {exc.strerror}") from exc
         self._file.write(MAGIC)
@@ -89,8 +92,12 @@ class SegmentWriter:
         return self._hash.hexdigest()
 
     def abort(self) -> None:
-        """Drop an unfinished segment (interrupted run): nothing appears under `path`."""
-        self._file.close()
+        """Drop an unfinished segment (interrupted run, disk full): nothing appears under
+        `path`, and no `.part` stays behind."""
+        try:
+            self._file.close()  # may fail again on a full disk (its buffer): the file goes anyway
+        except OSError:
+            pass
         self._part.unlink(missing_ok=True)
 
     def __enter__(self) -> SegmentWriter:

@@ -22,6 +22,7 @@ from vsr.errors import InputError
 MATRIX = {1: "ITU709", 4: "FCC", 5: "ITU601", 6: "SMPTE170M", 7: "SMPTE240M", 9: "BT2020", 10: "BT2020"}
 _UNSPECIFIED = 2
 INTERLACED_ORDERS = (2, 3, 4, 5)  # AVFieldOrder: TT, BB, TB, BT (0 unknown, 1 progressive)
+DEFAULT_RATE = 25  # frames per second FFmpeg assumes for a stream that declares none
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # two letters at least: "C:\..." is a path
 # Protocols that stream from where they are: no seeking, no second read.
@@ -87,6 +88,9 @@ class VideoInfo:
     hdr: HDR10 | None
     streams: tuple[StreamInfo, ...] = field(default_factory=tuple)
     interlaced: bool = False  # the stream declares a field order (or its first frame is interlaced)
+    alpha: bool = False  # the decoded pixel format has a transparency plane (ProRes 4444, qtrle argb, PNG rgba)
+    frames_exact: bool = False  # `frames` is the container's own count (MP4's sample table), not duration x rate
+    start: Fraction = Fraction(0)  # the input's start time in seconds (FFmpeg's start_time: the earliest stream start)
 
     @property
     def upright_size(self) -> tuple[int, int]:
@@ -96,6 +100,14 @@ class VideoInfo:
     @property
     def upright_sar(self) -> Fraction:
         return 1 / self.sar if self.rotation in (90, 270) else self.sar
+
+
+def has_alpha(pix_fmt: str) -> bool:
+    """Whether FFmpeg's pixel format `pix_fmt` has a transparency (alpha) component."""
+    try:
+        return any(c.is_alpha for c in av.VideoFormat(pix_fmt).components)
+    except (ValueError, av.FFmpegError):
+        return False
 
 
 def is_url(source: str | os.PathLike) -> bool:
@@ -204,6 +216,9 @@ def describe(
         c.duration / 1e6 if c.duration else None
     )
     rate = vs.average_rate or vs.guessed_rate
+    if first.pts is None:  # no timestamps (a raw .h264/.hevc stream): frames are numbered from the
+        # rate the bitstream declares (its raw demuxer's average_rate is always 25), else FFmpeg's 25
+        rate = cc.framerate or vs.guessed_rate or Fraction(DEFAULT_RATE)
     if frames_n is None and duration and rate:
         frames_n = int(round(duration * rate))
     sar = vs.sample_aspect_ratio or cc.sample_aspect_ratio
@@ -231,5 +246,8 @@ def describe(
         hdr=_parse_hdr(first),
         streams=others,
         interlaced=bool(first.interlaced_frame) or getattr(cc, "field_order", 0) in INTERLACED_ORDERS,
+        alpha=has_alpha(fmt.name),
+        frames_exact=bool(vs.frames),
+        start=Fraction(c.start_time, 1_000_000) if c.start_time is not None else Fraction(0),
     )
     return info, first

@@ -15,6 +15,7 @@ from vsr.jobs.files import (
     segment_name,
     source_fingerprint,
     temp_dir_for,
+    write_new_file,
 )
 from vsr.jobs.journal import JOURNAL, JOURNAL_VERSION, Journal, open_journal
 from vsr.jobs.prefetch import Prefetch, prefetch
@@ -22,5 +23,5 @@ from vsr.jobs.prefetch import Prefetch, prefetch
 __all__ = [
     "JOURNAL", "JOURNAL_VERSION", "QUEUE_SIZE", "Job", "Journal", "Prefetch", "check_output_path", "fsync_append",
     "fsync_dir", "open_journal", "prefetch", "replace_durably", "run_chunk", "segment_name", "source_fingerprint",
-    "temp_dir_for",
+    "temp_dir_for", "write_new_file",
 ]

@@ -45,6 +45,9 @@ class Job:
     with `.stream(frames)`), already set to `plan.scaled`; an `Upscaler` pickles without its
     weights and reloads them on first use. folder: where segment files are written.
     segment_frames: frames per segment (>= 1). deinterlace: see `io.decode`.
+    span: the source frames [first, stop) the job covers (`--start`/`--duration`; stop
+    None: to the end); chunk ranges and segments count from `first`, frame indices (and so
+    the noise) stay the source's.
     """
 
     source: str
@@ -56,6 +59,7 @@ class Job:
     segment_frames: int
     deinterlace: str = "auto"
     index: FrameIndex | None = None
+    span: tuple[int, int | None] = (0, None)
 
     def __post_init__(self) -> None:
         if self.segment_frames < 1:
@@ -70,41 +74,51 @@ def run_chunk(
     *,
     on_segment: Callable[[dict], None] | None = None,
     on_frame: Callable[[int], None] | None = None,
+    on_error: Callable[[str], None] | None = None,
 ) -> list[dict]:
-    """Produce the segments of frames [start, stop) (stop None: to the end of the video);
-    return their records {"segment", "first", "frames", "file", "sha256"} in order.
+    """Produce the segments of frames [start, stop) (stop None: to the end of the video;
+    both counted from `job.span`'s first frame); return their records {"segment", "first",
+    "frames", "file", "sha256"} in order.
 
     start and stop must be multiples of `job.segment_frames` (stop may also be the end).
     on_segment(record): called, in this thread, as soon as a segment's file is durable
     (the local runner journals it there, so a kill loses at most the segment under way).
     on_frame(index): called, in this thread, after each frame is encoded (progress; may
     raise, e.g. KeyboardInterrupt, to stop: the unfinished segment is dropped).
+    on_error(why): damaged input is skipped and reported instead of raising (`io.decode`);
+    called from the decode thread.
     """
     start, stop = (frames.start, frames.stop) if isinstance(frames, range) else frames
     n = job.segment_frames
     if start % n or (stop is not None and stop % n):
         raise ValueError(f"a chunk must start and stop on segment boundaries (multiples of {n}), got {start}..{stop}")
     plan = job.plan
+    base, end = job.span
+    first_src = base + start
+    stop_src = end if stop is None else (base + stop if end is None else min(base + stop, end))
     decoded = (
         crop_frame(f, plan.crop)
-        for f in decode(job.source, job.info, start=start, stop=stop, deinterlace=job.deinterlace, index=job.index)
+        for f in decode(job.source, job.info, start=first_src, stop=stop_src, deinterlace=job.deinterlace,
+                        index=job.index, on_error=on_error)
     )
     records: list[dict] = []
     writer: SegmentWriter | None = None
     with prefetch(decoded, QUEUE_SIZE, "vsr-decode") as low, prefetch(job.upscaler.stream(low), QUEUE_SIZE, "vsr-engine") as high:
         try:
             for out in high:
+                k = out.index - base  # the frame's place in the job
                 if writer is None:
-                    if out.index % n:
-                        raise ValueError(f"segment would start at frame {out.index}, not a multiple of {n}")
-                    writer = SegmentWriter(job.folder / segment_name(out.index // n), job.fmt)
-                    first = out.index
-                writer.write(out.with_image(pad_image(out.image, plan.pad)))
+                    if k % n:
+                        raise ValueError(f"segment would start at frame {k}, not a multiple of {n}")
+                    writer = SegmentWriter(job.folder / segment_name(k // n), job.fmt)
+                    first = k
+                alpha = None if out.alpha is None else pad_image(out.alpha, plan.pad)  # transparent bars
+                writer.write(out.with_image(pad_image(out.image, plan.pad), alpha))
                 if writer.frames >= n:
                     records.append(_finish(writer, first, n, on_segment))
                     writer = None
                 if on_frame is not None:
-                    on_frame(out.index)
+                    on_frame(k)
             if writer is not None:
                 records.append(_finish(writer, first, n, on_segment))
                 writer = None
@@ -123,11 +137,12 @@ def _finish(writer: SegmentWriter, first: int, n: int, on_segment: Callable[[dic
 
 
 def pad_image(image: np.ndarray, pad: tuple[int, int, int, int]) -> np.ndarray:
-    """Black borders (left, top, right, bottom) around an HxWx3 image."""
+    """Black borders (left, top, right, bottom) around an HxWx3 image (zeros around an
+    HxW alpha plane: transparent)."""
     left, top, right, bottom = pad
     if not any(pad):
         return image
-    return np.pad(image, ((top, bottom), (left, right), (0, 0)))
+    return np.pad(image, ((top, bottom), (left, right), *([(0, 0)] if image.ndim == 3 else [])))
 
 
 def crop_frame(frame: Frame, crop: tuple[int, int, int, int]) -> Frame:
@@ -135,4 +150,5 @@ def crop_frame(frame: Frame, crop: tuple[int, int, int, int]) -> Frame:
     x, y, w, h = crop
     if (x, y, w, h) == (0, 0, frame.width, frame.height):
         return frame
-    return frame.with_image(np.ascontiguousarray(frame.image[y : y + h, x : x + w]))
+    alpha = None if frame.alpha is None else np.ascontiguousarray(frame.alpha[y : y + h, x : x + w])
+    return frame.with_image(np.ascontiguousarray(frame.image[y : y + h, x : x + w]), alpha)

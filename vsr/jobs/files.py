@@ -53,20 +53,65 @@ def source_fingerprint(src: str | os.PathLike) -> dict:
     return {"name": src.name, "size": size, "sha256_ends": h.hexdigest()}
 
 
-def fsync_append(path: Path, record: dict) -> None:
-    """Append `record` as one JSON line and make it durable before returning."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def create_exclusive(path: Path, mode: str = "wb"):
+    """A new file at `path`, opened for writing: never an existing file, never through a
+    symlink planted at that name (O_CREAT | O_EXCL | O_NOFOLLOW)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o644)
+    return os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+
+
+def write_new_file(path: Path, data: bytes, *, replace: bool = False) -> None:
+    """Write `data` to `path` without ever following a symlink there: created exclusively
+    under a private name in the same folder, fsync'ed, then linked (or, with `replace`,
+    renamed) onto `path`, so a symlink planted at `path` is replaced, never written through.
+    OutputError if `path` exists (and not `replace`) or cannot be written."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        with create_exclusive(tmp) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path, follow_symlinks=False)  # fails if anything, a symlink included, is there
+            os.unlink(tmp)
+    except FileExistsError:
+        raise OutputError(f"{path} exists: add --overwrite to replace it") from None
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+def _line(record: dict | str) -> str:
+    return record if isinstance(record, str) else json.dumps(record, sort_keys=True) + "\n"
+
+
+def fsync_append(path: Path, record: dict | str) -> None:
+    """Append `record` as one JSON line (a str: that line, newline included) and make it
+    durable before returning. A symlink at `path` is refused (ELOOP), never followed."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, 0o644)
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
+        f.write(_line(record))
         f.flush()
         os.fsync(f.fileno())
 
 
-def write_lines_atomic(path: Path, records: list[dict]) -> None:
+def write_lines_atomic(path: Path, records: list[dict | str]) -> None:
     """Replace `path` by JSON lines in one step (written beside it, fsync'ed, renamed)."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    with create_exclusive(tmp, "w") as f:
         for rec in records:
-            f.write(json.dumps(rec, sort_keys=True) + "\n")
+            f.write(_line(rec))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -98,12 +98,41 @@ def _load_local(folder: Path, card_path: Path | None) -> LoadedModel:
         raise ModelError(f"{folder} is not a diffusers model folder: expected unet/config.json (or config.json)")
     if sched_file is None:
         raise ModelError(f"{folder} has no scheduler config: expected scheduler/scheduler_config.json")
+    for part in (unet_dir, folder / "noise_predictor"):
+        check_weights_format(part)
     try:
-        net = UNet2DModel.from_pretrained(str(unet_dir), low_cpu_mem_usage=False).float()  # shipped weights may be stored fp16
+        safe = any(unet_dir.glob("*.safetensors"))  # else pickle weights the user allowed (check_weights_format)
+        net = UNet2DModel.from_pretrained(str(unet_dir), low_cpu_mem_usage=False, use_safetensors=safe).float()  # shipped weights may be stored fp16
     except Exception as exc:  # corrupt / incompatible weights: the user must fix the folder
         raise ModelError(f"cannot load the UNet from {unet_dir}: {exc}") from None
     card = ModelCard.from_yaml(card_path, folder.name) if card_path else _default_card(folder.name, net)
     return _finish(net, json.loads(sched_file.read_text()), card, str(folder))
+
+
+PICKLE_ENV = "VSR_ALLOW_PICKLE"
+
+
+def pickle_allowed() -> bool:
+    """Whether the user opted in to pickle weights (`--allow-pickle` / VSR_ALLOW_PICKLE=1)."""
+    return os.environ.get(PICKLE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_weights_format(folder: Path) -> None:
+    """ModelError unless `folder`'s weights are safetensors: pickle weights (`.bin`, `.pt`,
+    `.ckpt`) can run code when loaded, so a folder holding only those is refused unless the
+    user opts in (`--allow-pickle` or VSR_ALLOW_PICKLE=1; torch then still loads them with
+    weights_only=True). A folder without weights files is left to the loader to report."""
+    if not folder.is_dir():
+        return
+    names = [p.name for p in folder.iterdir() if p.is_file()]
+    if any(n.endswith(".safetensors") for n in names):
+        return
+    pickles = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")))
+    if pickles and not pickle_allowed():
+        raise ModelError(
+            f"{folder} holds only pickle weights ({', '.join(pickles)}), which can run code when loaded: convert them "
+            f"to safetensors, or pass --allow-pickle (or set {PICKLE_ENV}=1) if you trust where they came from"
+        )
 
 
 def _default_card(name: str, net: torch.nn.Module | None, in_channels: int | None = None) -> ModelCard:
