@@ -80,6 +80,7 @@ class PredictorTrainConfig:
     t_max: int = 250
     steps_choices: tuple[int, ...] = (1, 2, 3)
     consistency: int = 1
+    direct_steps: int = 0  # warm start: the first steps skip the prior (x0 = x_t), see `PredictorTrainer.loss`
     # degradations
     blur_prob: float = 0.4
     blur_sigma: tuple[float, float] = (0.3, 1.2)
@@ -490,13 +491,25 @@ class PredictorTrainer:
         self.gen.set_state(state["gen"])
         self.history = list(state.get("history", []))
 
-    def loss(self, hr: torch.Tensor, low: torch.Tensor, t: int, steps: int) -> tuple[torch.Tensor, dict]:
-        """The end-to-end loss of one batch (hr, low in [0, 1]) from start t with `steps` DDIM steps."""
+    def loss(
+        self, hr: torch.Tensor, low: torch.Tensor, t: int, steps: int, direct: bool = False
+    ) -> tuple[torch.Tensor, dict]:
+        """The end-to-end loss of one batch (hr, low in [0, 1]) from start t with `steps` DDIM steps.
+
+        direct: the warm-up objective instead: the prior is taken as the identity (x0 =
+        x_t = x_up + d), so only the back-projected start is scored; five times cheaper on
+        a CPU, it teaches the predictor the detail before the sampler is in the loop.
+        """
+        from vsr.core.schedule import add_noise
         from vsr.methods import diffsr
 
         hr, low = hr.to(self.device) * 2 - 1, low.to(self.device) * 2 - 1
         up = resample(low, tuple(hr.shape[-2:]))
         eps = self.net(up, t)
+        if direct:
+            x_t = add_noise(up, eps, t, self.alphas_cumprod)
+            out = back_project(x_t, low, self.cfg.consistency) if self.cfg.consistency else x_t
+            return detail_loss(out, hr, self.cfg)
         ts = timestep_set(t / self.alphas_cumprod.shape[0], steps, self.alphas_cumprod.shape[0])
         out = diffsr.upscale(self.denoiser, low, up, eps, ts, self.alphas_cumprod, consistency=self.cfg.consistency)
         return detail_loss(out, hr, self.cfg)
@@ -509,7 +522,8 @@ class PredictorTrainer:
         t = int(torch.randint(self.cfg.t_min, self.cfg.t_max + 1, (1,), generator=self.gen))
         steps = self.cfg.steps_choices[int(torch.randint(len(self.cfg.steps_choices), (1,), generator=self.gen))]
         self.net.train()
-        loss, parts = self.loss(hr, low, t, steps)
+        direct = self.step < self.cfg.direct_steps
+        loss, parts = self.loss(hr, low, t, steps, direct)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip:
@@ -517,7 +531,8 @@ class PredictorTrainer:
         self.opt.step()
         self.ema.step(self.net.parameters())
         self.step += 1
-        return {"loss": float(loss.detach()), **parts, "t": t, "steps": steps, "scale": round(hr.shape[-1] / low.shape[-1], 2)}
+        return {"loss": float(loss.detach()), **parts, "t": t, "steps": 0 if direct else steps,
+                "scale": round(hr.shape[-1] / low.shape[-1], 2)}
 
     def ema_net(self) -> torch.nn.Module:
         """A copy of the predictor with the EMA weights (what gets exported)."""
@@ -576,7 +591,7 @@ def train(
     trainer = PredictorTrainer(cfg, prior, crops, val)
     ckpt = run / "last.pt"
     if resume and ckpt.exists():
-        trainer.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False))
+        trainer.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
         log.info("resumed from %s at step %d", ckpt, trainer.step)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if trainer.val is not None and trainer.step == 0 and cfg.val_every:
@@ -622,7 +637,7 @@ def _checkpoint_net(checkpoint: str | Path):
     from diffusers.training_utils import EMAModel
 
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors vary by torch version; all mean "not a checkpoint"
         raise InputError(f"cannot read checkpoint {checkpoint}: {type(exc).__name__}: {exc}") from None
     if not isinstance(state, dict) or not {"config", "net", "ema"} <= set(state):
@@ -660,6 +675,7 @@ def calibrate(
 def export(
     checkpoint: str | Path, out_dir: str | Path, *, prior: str | None = None, do_calibrate: bool = False,
     corpus: str | None = None, mix: float = 0.0, val_max_images: int = 16,
+    scales: tuple[float, ...] = CALIBRATION_SCALES, grid: tuple[float, ...] = CALIBRATION_GRID,
 ) -> Path:
     """Write a model folder: the prior (unet/, scheduler/, copied from `prior`, default
     the run's) plus `noise_predictor/` (EMA weights, fp32 safetensors) and a
@@ -686,12 +702,13 @@ def export(
     entry: dict = {"mix": float(mix)}
     if do_calibrate:
         hr = load_val_crops(corpus or cfg.corpus, cfg.val_crop, val_max_images)
-        cal, scores = calibrate(net, load_model(str(out)), hr, steps=cfg.val_steps, consistency=cfg.consistency,
-                                device=cfg.device)
+        cal, scores = calibrate(net, load_model(str(out)), hr, scales=scales, grid=grid, steps=cfg.val_steps,
+                                consistency=cfg.consistency, device=cfg.device)
         entry.update(cal)
         entry["calibration"] = {"steps": cfg.val_steps, "images": int(len(hr)), "crop": cfg.val_crop,
-                                "grid": list(CALIBRATION_GRID), "rule": "lowest GMSD within 0.1 dB of the best Y-PSNR",
-                                "scores": scores}
+                                "grid": [float(g) for g in grid], "scores": scores,
+                                "rule": "lowest GMSD within 0.1 dB of the best Y-PSNR (held-out crops, 8-bit "
+                                        "antialiased-bicubic input)"}
     entry["architecture"] = {
         "class": "vsr.models.noise_predictor.NoisePredictor", "channels": cfg.channels, "num_blocks": cfg.num_blocks,
         "pixel_unshuffle": cfg.pixel_unshuffle, "parameters": sum(p.numel() for p in net.parameters()),
@@ -731,6 +748,9 @@ def add_cli(sub) -> None:
     e.add_argument("--calibrate", action="store_true", help="measure the start t per scale on the held-out crops")
     e.add_argument("--corpus", help="corpus for --calibrate (default: the run's)")
     e.add_argument("--mix", type=float, default=0.0, help="std of the Gaussian field added to the prediction")
+    e.add_argument("--scales", type=float, nargs="+", default=list(CALIBRATION_SCALES), help="scales to calibrate")
+    e.add_argument("--grid", type=float, nargs="+", default=list(CALIBRATION_GRID), help="start t/T to try")
+    e.add_argument("--max-images", type=int, default=16, help="held-out images to calibrate on")
 
 
 def run_cli(args) -> int:
@@ -738,7 +758,7 @@ def run_cli(args) -> int:
         if not Path(args.checkpoint).exists():
             raise InputError(f"checkpoint not found: {args.checkpoint}")
         print(export(args.checkpoint, args.out, prior=args.prior, do_calibrate=args.calibrate, corpus=args.corpus,
-                     mix=args.mix))
+                     mix=args.mix, val_max_images=args.max_images, scales=tuple(args.scales), grid=tuple(args.grid)))
         return 0
     cfg = PredictorTrainConfig.from_yaml(
         args.config, steps=args.steps, corpus=args.corpus, run_dir=args.run_dir, device=args.device,

@@ -227,6 +227,8 @@ def test_a_tiny_predictor_lowers_its_loss(tmp_path):
         trainer.opt.step()
     after = fixed_loss()
     assert after < 0.9 * before
+    with torch.no_grad():  # the warm-start objective (prior as identity) is defined on the same batch
+        assert math.isfinite(float(trainer.loss(hr, low, 60, 2, direct=True)[0]))
     # gradients reached the predictor only: the prior is frozen
     assert all(p.grad is None for p in trainer.prior.net.parameters())
 
@@ -238,9 +240,9 @@ def _params(trainer) -> torch.Tensor:
 def test_training_resumes_bit_for_bit(tmp_path):
     crops, prior = textured_crops(), tiny_prior()
     kw = dict(progress=False, prior=prior, crops=crops)
-    straight = tnp.train(tiny_cfg(tmp_path / "a"), **kw)
-    tnp.train(tiny_cfg(tmp_path / "b"), stop_at=2, **kw)
-    resumed = tnp.train(tiny_cfg(tmp_path / "b"), resume=True, **kw)
+    straight = tnp.train(tiny_cfg(tmp_path / "a", direct_steps=1), **kw)  # a warm-start step, then end to end
+    tnp.train(tiny_cfg(tmp_path / "b", direct_steps=1), stop_at=2, **kw)
+    resumed = tnp.train(tiny_cfg(tmp_path / "b", direct_steps=1), resume=True, **kw)
     assert resumed.step == straight.step == 4
     assert torch.equal(_params(straight), _params(resumed))
     assert torch.equal(straight.gen.get_state(), resumed.gen.get_state())
@@ -307,3 +309,18 @@ def test_engine_with_a_predictor_on_the_shipped_prior_is_batch_independent():
     shipped = load_noise_predictor(model)
     if shipped is None:
         pytest.skip("no shipped noise predictor yet")
+    # a held-out photograph (the corpus's validation split): 2x, bicubic-downscaled 8-bit input
+    skdata = pytest.importorskip("skimage.data")
+    from vsr import metrics
+    from vsr.core.resample import resize
+
+    img = skdata.astronaut()[128:384, 128:384]
+    hr = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    low = (resize(hr, 128, 128) * 255).round() / 255
+    cfg = EngineConfig().replace(scale=2, steps=2, device="cpu")
+
+    def psnr(noise) -> float:
+        out = Upscaler(model, cfg, noise=noise).upscale_tensor(low)
+        return metrics.psnr((out[0].permute(1, 2, 0) * 255).round().byte().numpy(), img)
+
+    assert psnr(shipped) > psnr(SharedNoise(0)) + 0.1

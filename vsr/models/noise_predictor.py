@@ -53,10 +53,12 @@ def _alphas_cumprod(num_train_timesteps: int, beta_schedule: str) -> torch.Tenso
 
 
 def timestep_features(t: torch.Tensor, num_train_timesteps: int, dim: int) -> torch.Tensor:
-    """(N, dim) sinusoidal features of t/T (Vaswani et al. 2017), frequencies 1..2^(dim/2-1)."""
-    x = t.float()[:, None] / num_train_timesteps
-    freqs = 2.0 ** torch.arange(dim // 2, device=t.device, dtype=torch.float32)
-    ang = math.pi * x * freqs[None]
+    """(N, dim) sinusoidal features of t (Vaswani et al. 2017; DDPM's embedding): angles
+    t * w_i with w_i from 1 down to 1/T geometrically, so neighbouring timesteps get
+    neighbouring features (no wrap-around within [0, T))."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(num_train_timesteps) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    ang = t.float()[:, None] * freqs[None]
     return torch.cat([ang.sin(), ang.cos()], dim=1)
 
 
@@ -66,6 +68,8 @@ class _ResBlock(torch.nn.Module):
         self.conv1 = torch.nn.Conv2d(channels, channels, 3, padding=1)
         self.conv2 = torch.nn.Conv2d(channels, channels, 3, padding=1)
         self.film = torch.nn.Linear(emb_dim, 2 * channels)
+        torch.nn.init.zeros_(self.film.weight)  # FiLM starts as the identity; t's effect is learnt
+        torch.nn.init.zeros_(self.film.bias)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(x)
