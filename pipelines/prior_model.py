@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+
+from vsr.models.macs import count_macs as _count_macs
 import torch.nn.functional as F
 import yaml
 
@@ -133,24 +135,5 @@ def model_output(unet, x: torch.Tensor, t: torch.Tensor, r: int) -> torch.Tensor
 
 def count_macs(unet, cfg: TrainConfig, size: int = 256) -> int:
     """Multiply-accumulates of one forward at size x size (convolutions and linears)."""
-    total = 0
-
-    def hook(m, _inp, out):
-        nonlocal total
-        if isinstance(m, torch.nn.Conv2d):
-            k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
-            total += out[0].numel() * k
-        elif isinstance(m, torch.nn.Linear):
-            total += out[0].numel() * m.in_features
-
-    hooks = [m.register_forward_hook(hook) for m in unet.modules()]
-    try:
-        with torch.no_grad():
-            p = next(unet.parameters())
-            x = torch.zeros(1, 3, size, size, dtype=p.dtype, device=p.device)
-            model_output(unet, x, torch.tensor([10], device=p.device), cfg.pixel_unshuffle)
-    finally:
-        for h in hooks:
-            h.remove()
-    return total
-
+    t = torch.tensor([10], device=next(unet.parameters()).device)
+    return _count_macs(unet, lambda x: model_output(unet, x, t, cfg.pixel_unshuffle), size)

@@ -146,23 +146,7 @@ class NoisePredictor(ModelMixin, ConfigMixin):
 
 
 def count_macs(net: torch.nn.Module, size: int = 256) -> int:
-    """Multiply-accumulates of one forward of a size x size tile (convolutions and linears),
-    counted with forward hooks as `pipelines.train_prior.count_macs` does."""
-    total = 0
+    """Multiply-accumulates of one forward of a size x size tile (`vsr.models.macs`)."""
+    from vsr.models.macs import count_macs as _count_macs
 
-    def hook(m, _inp, out):
-        nonlocal total
-        if isinstance(m, torch.nn.Conv2d):
-            total += out[0].numel() * m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
-        elif isinstance(m, torch.nn.Linear):
-            total += out[0].numel() * m.in_features
-
-    hooks = [m.register_forward_hook(hook) for m in net.modules()]
-    try:
-        with torch.no_grad():
-            p = next(net.parameters())
-            net(torch.zeros(1, 3, size, size, dtype=p.dtype, device=p.device), 10)
-    finally:
-        for h in hooks:
-            h.remove()
-    return total
+    return _count_macs(net, lambda x: net(x, 10), size)
