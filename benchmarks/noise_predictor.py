@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.train_noise_predictor import _scores, _u8, load_val_crops
+from vsr.pipelines.train_noise_predictor import _scores, _u8, load_val_crops
 from vsr.config import EngineConfig
 from vsr.core.resample import resample
 from vsr.core.sampling import back_project

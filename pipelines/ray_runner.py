@@ -3,347 +3,56 @@
 The local runner runs one chunk (every frame not done yet) on this machine; this runner
 cuts the video into chunks and maps `vsr.jobs.run_chunk` over them on Ray actors:
 
-1. **Chunks** (`plan_chunks`) are whole runs of segments (segment k always holds frames
-   [k * n, (k + 1) * n), encoded by a fresh encoder, so the cut changes no byte), sized so
-   each worker gets several (load balancing), and snapped to segment boundaries that are
-   keyframes where the probe's keyframe index (`io.scan`) has one nearby. A worker decodes
-   its chunk by seeking to the keyframe at or before `start - warmup` (`Chunk.decode_from`);
-   the frames before `start` are decoded and dropped (a future temporal method runs the
-   engine over `warmup` of them and drops their output).
-2. **Workers** (`ChunkWorker`) are Ray actors, one per GPU (`num_gpus=1`) where the cluster
-   has GPUs, else one per `cpus_per_worker` CPUs, spread over the nodes. Each loads the
-   model once per job and pulls chunks: the driver hands a chunk to whichever worker is
-   free (a `ray.wait` loop), so a slow node simply takes fewer. Workers read the input from
-   its path when it is readable there with the same size and content fingerprint, else
-   from Ray's object store (`ray.put` of the file, done once, only when a worker asks).
+1. **Chunks** (`plan_chunks`, in `ray_chunks`) are whole runs of segments, sized so each
+   worker gets several (load balancing), and snapped to segment boundaries that are
+   keyframes where the probe's keyframe index (`io.scan`) has one nearby; a worker seeks
+   to the keyframe at or before `start - warmup` (`Chunk.decode_from`).
+2. **Workers** (`ChunkWorker`, in `ray_worker`) are Ray actors, one per GPU (`num_gpus=1`)
+   where the cluster has GPUs, else one per `cpus_per_worker` CPUs, spread over the
+   nodes. Each loads the model once per job and pulls chunks: the driver hands a chunk to
+   whichever worker is free (a `ray.wait` loop), so a slow node simply takes fewer. The
+   input goes by its path where a worker reads the same file there, else through Ray's
+   object store (`ray.put` of the file, done once, only when a worker asks).
 3. **Segments** stream back through the object store as bytes, one item of the actor's
    streaming generator per segment, with the frame progress in between. The driver writes
    each into the job's local work folder (fsync'ed, sha256 checked) and journals it at
    once: in order in the job's journal, ahead of a gap in `journal-ahead.jsonl`, so
-   `--resume` after a driver kill keeps every finished segment of every chunk.
-   `upscale_video` then assembles and remuxes audio, subtitles and metadata once, exactly
-   as for the local runner.
+   `--resume` after a driver kill keeps every finished segment of every chunk
+   (`ray_state`). `upscale_video` then assembles and remuxes audio, subtitles and
+   metadata once, exactly as for the local runner.
 4. **Faults**: a worker that dies (process killed, node lost, out of memory) fails its
    chunk's stream; the segments it already sent are kept and the rest of the chunk goes
    back to the front of the queue for the next free worker (the dead actor restarts, up to
    `max_restarts`, and pulls again). A chunk that fails `max_attempts` times, or any error
    raised by vsr itself (a corrupt input, say), stops the job.
 
-Threads: each worker pins `torch.set_num_threads(threads)`; a local run with the same
-thread count computes the same floats, so the output files are the same bytes.
+Threads: see `ray_worker` (a worker computes the floats a local run computes).
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
-import math
-import os
-import queue
-import shutil
-import tempfile
-import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from vsr import io
 from vsr.errors import InputError, UsageError, VsrError
-from vsr.jobs import Job, Journal, run_chunk, source_fingerprint
-from vsr.jobs.files import fsync_append, fsync_dir, write_new_file
-from vsr.jobs.journal import journal_line, read_journal
+from vsr.jobs import Job, Journal, source_fingerprint
+from vsr.pipelines.ray_chunks import Chunk, plan_chunks
+from vsr.pipelines.ray_state import AHEAD, RunStats, WorkerSlot, _Active, _flush_ahead, _keep_segment, _load_ahead  # noqa: F401
+from vsr.pipelines.ray_worker import PROGRESS_EVERY_S, WORK_PREFIX, ChunkWorker, Source, SourceUnavailable  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-AHEAD = "journal-ahead.jsonl"  # segment records that arrived before an earlier segment
 CHUNK_SECONDS_MAX = 60.0  # auto chunk length: at most this much video...
 CHUNKS_PER_WORKER = 4  # ...and at least this many chunks per worker, for load balancing
-PROGRESS_EVERY_S = 0.2  # how often workers report frames and the driver calls `progress`
-WORK_PREFIX = "vsr-chunk-"  # a worker's local folder in the temp dir: vsr-chunk-<pid>-<random>
 
 Progress = Callable[[dict], None]
-
-
-class SourceUnavailable(Exception):
-    """Raised by a worker that can neither read the input's path nor has its bytes."""
-
-
-# ------------------------------------------------------------------------------- chunks
-@dataclass(frozen=True)
-class Chunk:
-    """Output frames [start, stop) (stop None: to the end of the video), whole segments.
-    decode_from: the keyframe decoding starts at (<= start - warmup); frames before
-    `start` are decoded but not written."""
-
-    start: int
-    stop: int | None
-    decode_from: int = 0
-
-    def __str__(self) -> str:
-        return f"frames {self.start}..{'end' if self.stop is None else self.stop}"
-
-
-def plan_chunks(
-    index: io.FrameIndex,
-    segment_frames: int,
-    chunk_segments: int,
-    done: set[int] | frozenset[int] = frozenset(),
-    *,
-    warmup: int = 0,
-    span: tuple[int, int | None] = (0, None),
-) -> list[Chunk]:
-    """The chunks covering every segment not in `done`, in order.
-
-    Frames count from `span`'s first source frame (`Job.span`), as `run_chunk`'s do; the
-    job has ceil(frames / segment_frames) segments. Each run of consecutive segments to do
-    is cut about every `chunk_segments` segments, at the segment boundary nearest the
-    nominal cut (within half a chunk; the later one of two) that is also a keyframe, when
-    there is one: the worker's seek then lands exactly on its first frame. The chunk
-    holding the last segment runs to the end of the job (stop None), whatever the index
-    counted. `decode_from` is in the job's frames too (negative: before the span).
-    """
-    if segment_frames < 1 or chunk_segments < 1:
-        raise ValueError(f"segment_frames and chunk_segments must be >= 1, got {segment_frames}, {chunk_segments}")
-    n = segment_frames
-    base, end = span
-    frames = (len(index) if end is None else min(end, len(index) or end)) - base
-    count = max(1, math.ceil(frames / n))
-    keyframes = {p.frame - base for p in index.seek_points} | {-base}
-    todo = [k for k in range(count) if k not in done]
-    runs: list[tuple[int, int]] = []  # [a, b) segment indices
-    for k in todo:
-        if runs and runs[-1][1] == k:
-            runs[-1] = (runs[-1][0], k + 1)
-        else:
-            runs.append((k, k + 1))
-    chunks = []
-    for a, b in runs:
-        cuts = [a]
-        while b - cuts[-1] > chunk_segments:
-            nominal = cuts[-1] + chunk_segments
-            half = chunk_segments // 2
-            window = range(max(cuts[-1] + 1, nominal - half), min(b - 1, nominal + half) + 1)
-            near = [j for j in window if j * n in keyframes]
-            cuts.append(min(near, key=lambda j: (abs(j - nominal), -j)) if near else nominal)
-        cuts.append(b)
-        for s, e in zip(cuts, cuts[1:]):
-            point = index.seek_point(max(0, base + s * n - warmup))
-            chunks.append(Chunk(s * n, None if e == count else e * n, (point.frame if point else 0) - base))
-    return chunks
-
-
-# ------------------------------------------------------------------------------ workers
-@dataclass(frozen=True)
-class Source:
-    """How a worker gets the input: `path` if it reads the same file there (size and
-    `source_fingerprint`), else the bytes behind `data[0]` (an ObjectRef, inside a list
-    so Ray hands the reference, not the bytes, to workers that do not need them)."""
-
-    path: str
-    fingerprint: dict
-    data: tuple = ()
-
-
-class ChunkWorker:
-    """A Ray actor (see the module doc): one job's model, loaded once, runs chunks.
-
-    `run(key, job_box, chunk, source)` is a streaming generator of events (dicts):
-    {"kind": "start", ...timings}, {"kind": "frames", "done": n} (frames of this chunk
-    encoded so far), {"kind": "segment", "record": ..., "data": bytes}, {"kind": "damage",
-    "why": ...} (input the decoder skipped). The job comes in
-    a list (`[ObjectRef]`) and is fetched only when this worker has not prepared it yet
-    (its first chunk, or after a restart)."""
-
-    def __init__(self, threads: int):
-        import torch
-
-        torch.set_num_threads(threads)
-        self.threads = threads
-        self.created = time.time()
-        self._key: str | None = None
-        self._job: Job | None = None
-        self._dir: Path | None = None
-        self._upscaler: Any = None
-
-    def info(self) -> dict:
-        import ray
-        import torch
-
-        ctx = ray.get_runtime_context()
-        return {"pid": os.getpid(), "node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
-                "threads": torch.get_num_threads(), "created": self.created}
-
-    def runtime(self, upscaler: Any) -> dict:
-        """Load `upscaler`'s model here and say what it computes on (`runtime_record`):
-        --device/--dtype "auto" resolve on the workers, not on the driver."""
-        t0 = time.perf_counter()
-        self._upscaler = upscaler
-        return {"runtime": _runtime(upscaler), "model_load_s": time.perf_counter() - t0}
-
-    def _prepare(self, key: str, job_box: list, source: Source) -> dict:
-        """Fetch the job, materialise the input, load the model (once per job)."""
-        import ray
-
-        timings = {"prepared": False}
-        if self._key == key:
-            return timings
-        self.finish()
-        t0 = time.perf_counter()
-        job: Job = ray.get(job_box[0])
-        timings["job_fetch_s"] = time.perf_counter() - t0
-        _sweep_stale_dirs()
-        self._dir = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-"))
-        t0 = time.perf_counter()
-        path = source.path
-        if not _same_file(path, source.fingerprint):
-            if not source.data:
-                shutil.rmtree(self._dir, ignore_errors=True)
-                self._dir = None
-                raise SourceUnavailable(f"{path} is not readable on {ray.util.get_node_ip_address()}")
-            data = ray.get(source.data[0])
-            path = str(self._dir / ("source" + Path(source.path).suffix))
-            with open(path, "wb") as f:
-                f.write(data)
-            timings["source_bytes"] = len(data)
-        timings["source_s"] = time.perf_counter() - t0
-        up = job.upscaler
-        if self._upscaler is not None and getattr(self._upscaler, "config", None) == getattr(up, "config", 0):
-            up = self._upscaler  # a kept pool's next job with the same engine: weights already loaded
-        t0 = time.perf_counter()
-        timings["runtime"] = _runtime(up)
-        timings["model_load_s"] = time.perf_counter() - t0
-        self._upscaler = up
-        self._job = dataclasses.replace(job, source=path, folder=self._dir, upscaler=up)
-        self._key = key
-        timings["prepared"] = True
-        return timings
-
-    def run(self, key: str, job_box: list, chunk: Chunk, source: Source) -> Iterator[dict]:
-        t0 = time.perf_counter()
-        timings = self._prepare(key, job_box, source)
-        yield {"kind": "start", "prepare_s": time.perf_counter() - t0, **timings, **self.info()}
-        events: queue.SimpleQueue = queue.SimpleQueue()
-        job = self._job
-
-        def work() -> None:
-            import torch
-
-            torch.set_num_threads(self.threads)  # OpenMP's thread count is per thread: set it in this one too
-            try:
-                run_chunk(job, (chunk.start, chunk.stop), on_segment=lambda rec: events.put(("segment", rec)),
-                          on_frame=lambda i: events.put(("frame", i)), on_error=lambda why: events.put(("damage", why)))
-                events.put(("end", None))
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the generator below
-                events.put(("error", exc))
-
-        threading.Thread(target=work, name="vsr-chunk", daemon=True).start()
-        done, last, first_frame_s = 0, 0.0, None
-        while True:
-            kind, value = events.get()
-            if kind == "frame":
-                done += 1
-                if first_frame_s is None:  # the chunk's fixed cost: seek, decode, encoder start, one frame
-                    first_frame_s = time.perf_counter() - t0
-                if time.monotonic() - last >= PROGRESS_EVERY_S:
-                    last = time.monotonic()
-                    yield {"kind": "frames", "done": done}
-            elif kind == "segment":
-                path = job.folder / value["file"]
-                data = path.read_bytes()
-                path.unlink()
-                yield {"kind": "frames", "done": done}
-                yield {"kind": "segment", "record": value, "data": data}
-            elif kind == "damage":
-                yield {"kind": "damage", "why": value}
-            elif kind == "error":
-                raise value
-            else:
-                yield {"kind": "end", "first_frame_s": first_frame_s, "seconds": time.perf_counter() - t0}
-                return
-
-    def finish(self) -> None:
-        """Forget the job and delete its local files (the input's copy included)."""
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-        self._key, self._job, self._dir = None, None, None
-
-
-def _runtime(upscaler: Any) -> dict | None:
-    """The model loaded on this process's device, and what it computes on."""
-    if not callable(getattr(upscaler, "denoiser", None)):
-        return None
-    from vsr.device import runtime_record
-
-    den = upscaler.denoiser()
-    return runtime_record(den.device, den.dtype)
-
-
-def _sweep_stale_dirs() -> None:
-    """Delete the local folders of workers that were killed (their pid is gone): a
-    killed worker cannot clean up its copy of the input."""
-    for d in Path(tempfile.gettempdir()).glob(f"{WORK_PREFIX}*-*"):
-        try:
-            pid = int(d.name[len(WORK_PREFIX):].split("-", 1)[0])
-            os.kill(pid, 0)
-        except ValueError:
-            continue
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:  # someone else's live process
-            pass
-
-
-def _same_file(path: str, fingerprint: dict) -> bool:
-    try:
-        return os.path.isfile(path) and source_fingerprint(path) == fingerprint
-    except OSError:
-        return False
-
-
-# ------------------------------------------------------------------------------- driver
-@dataclass
-class WorkerSlot:
-    """The driver's view of one actor: its handle, what `info()` said, the chunk it runs."""
-
-    actor: Any
-    info: dict | None = None
-    chunk: Chunk | None = None
-    chunks_done: int = 0
-
-
-@dataclass
-class _Active:
-    worker: WorkerSlot
-    chunk: Chunk
-    attempt: int
-    started: float
-    frames: int = 0  # frames of this attempt encoded so far
-    kept: int = 0  # frames of this attempt in segments the driver has kept
-    next_segment: int = 0  # the first segment of the chunk not received yet
-    timing: dict = field(default_factory=dict)  # the worker's own timing of the chunk
-
-
-@dataclass
-class RunStats:
-    """What a `RayRunner.run` did: per-worker start-up and per-chunk records, failures."""
-
-    workers: list[dict] = field(default_factory=list)
-    chunks: list[dict] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    damage: list[str] = field(default_factory=list)
-    segments: int = 0
-    bytes: int = 0
-    resumed_segments: int = 0
-    source: str = "path"
-    seconds: float = 0.0
-
-    @property
-    def nodes(self) -> set[str]:
-        return {c["node_ip"] for c in self.chunks}
 
 
 @dataclass
@@ -690,44 +399,6 @@ class RayRunner:
         if seconds is None:
             seconds = min(CHUNK_SECONDS_MAX, frames / rate / (CHUNKS_PER_WORKER * workers))
         return max(1, round(seconds * rate / job.segment_frames))
-
-
-# ------------------------------------------------------------------- the driver's files
-def _keep_segment(folder: Path, journal: Journal, ahead: dict[int, dict], rec: dict, data: bytes) -> None:
-    """Write a segment that came back from a worker into the work folder (durably, its
-    sha256 checked) and journal it; records ahead of a gap go to `AHEAD` until the gap
-    closes. A segment already kept (a retried chunk's) is left as it is."""
-    k = rec["segment"]
-    if k < len(journal.segments) or k in ahead:
-        return
-    if hashlib.sha256(data).hexdigest() != rec["sha256"]:
-        raise RuntimeError(f"segment {k} arrived damaged (sha256 differs)")
-    write_new_file(folder / rec["file"], data, replace=True)  # fsync'ed, never through a symlink
-    fsync_dir(folder)
-    if k == len(journal.segments):
-        journal.append(rec)
-        _flush_ahead(journal, ahead)
-    else:
-        fsync_append(folder / AHEAD, journal_line(rec))  # checksummed like the journal's lines
-        ahead[k] = rec
-
-
-def _flush_ahead(journal: Journal, ahead: dict[int, dict]) -> None:
-    while len(journal.segments) in ahead:
-        journal.append(ahead.pop(len(journal.segments)))
-
-
-def _load_ahead(journal: Journal) -> dict[int, dict]:
-    """The records of `AHEAD` past the journal's segments whose files are intact, with
-    those that now follow on moved into the journal (a resumed run)."""
-    path = journal.folder / AHEAD
-    ahead: dict[int, dict] = {}
-    for rec in read_journal(path) if path.is_file() else []:  # up to a line torn by the kill
-        k, seg = rec.get("segment", -1), journal.folder / str(rec.get("file", ""))
-        if k >= len(journal.segments) and seg.is_file() and not seg.is_symlink() and io.file_sha256(seg) == rec.get("sha256"):
-            ahead[k] = rec
-    _flush_ahead(journal, ahead)
-    return ahead
 
 
 def resolve_runner(runner: Any) -> Any:

@@ -406,7 +406,7 @@ def test_a_crafted_checkpoint_never_runs_code(tmp_path):
     assert main(["train", "export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "x")]) == EXIT_INPUT
     assert not marker.exists()
     # train prior --resume over a crafted last.pt (in-process: the library call the CLI makes)
-    from pipelines import train_prior as tp
+    from vsr.pipelines import train_prior as tp
     from vsr.errors import InputError
 
     corpus = tmp_path / "corpus" / "images" / "train"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import train_prior as tp
+from vsr.pipelines import train_prior as tp
 from vsr.errors import ConfigError
 
 

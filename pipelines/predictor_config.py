@@ -1,0 +1,125 @@
+"""The noise predictor's training config (`vsr train predictor`, see
+`train_noise_predictor`): one frozen `PredictorTrainConfig` from YAML, saved into every
+checkpoint, and the predictor it describes."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from vsr.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class PredictorTrainConfig:
+    """Everything that determines a run; saved into every checkpoint."""
+
+    corpus: str = "data/corpus"
+    run_dir: str = "runs/noise-predictor"
+    prior: str | None = None  # a model folder or name; None = the shipped prior
+    prior_dtype: str = "auto"  # auto | float32 | bfloat16: what the engine will run the prior in
+    # packed crops (RUN/crops.npz unless given)
+    crops_file: str | None = None
+    pack_count: int = 640
+    pack_size: int = 160
+    pack_max_downscale: float = 2.0
+    # model
+    channels: int = 64
+    num_blocks: int = 4
+    pixel_unshuffle: int = 4
+    emb_dim: int = 64
+    # sampler
+    crop: int = 128
+    scale_min: float = 1.5
+    scale_max: float = 8.0
+    t_min: int = 10
+    t_max: int = 250
+    steps_choices: tuple[int, ...] = (1, 2, 3)
+    consistency: int = 1
+    direct_steps: int = 0  # warm start: the first steps skip the prior (x0 = x_t), see `PredictorTrainer.loss`
+    # degradations
+    blur_prob: float = 0.4
+    blur_sigma: tuple[float, float] = (0.3, 1.2)
+    area_prob: float = 0.4
+    noise_prob: float = 0.3
+    noise_sigma: float = 3.0  # max, in 8-bit units
+    jpeg_prob: float = 0.3
+    jpeg_quality: tuple[int, int] = (50, 95)
+    h264_prob: float = 0.3
+    h264_crf: tuple[int, int] = (18, 32)
+    # loss
+    charbonnier_eps: float = 1e-3
+    grad_weight: float = 0.5
+    fft_weight: float = 0.05
+    # optimisation
+    batch_size: int = 8
+    steps: int = 20000
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int = 0
+    # bookkeeping
+    checkpoint_every: int = 200
+    checkpoint_minutes: float = 3.0
+    val_every: int = 250
+    val_crop: int = 256
+    val_max_images: int = 16
+    val_scales: tuple[float, ...] = (2.0, 4.0)
+    val_t: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
+    val_steps: int = 2
+
+    def __post_init__(self) -> None:
+        if not 1.0 < self.scale_min <= self.scale_max:
+            raise ConfigError(f"scale_min/scale_max: got {self.scale_min}/{self.scale_max}, need 1 < min <= max")
+        if not 1 <= self.t_min <= self.t_max:
+            raise ConfigError(f"t_min/t_max: got {self.t_min}/{self.t_max}, need 1 <= t_min <= t_max")
+        if not self.steps_choices or min(self.steps_choices) < 1:
+            raise ConfigError("steps_choices: a non-empty list of step counts >= 1")
+        if self.prior_dtype not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"prior_dtype: got {self.prior_dtype!r}, allowed: auto, float32, bfloat16")
+        if self.crop % self.pixel_unshuffle or self.val_crop % self.pixel_unshuffle or self.crop > self.pack_size:
+            raise ConfigError(f"crop/val_crop must be multiples of {self.pixel_unshuffle} and crop <= pack_size")
+        if self.batch_size < 1 or self.steps < 0:
+            raise ConfigError("batch_size must be >= 1 and steps >= 0")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> "PredictorTrainConfig":
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"training config not found: {path}") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read training config {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"training config {path} must be a mapping of key: value")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PredictorTrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown training config keys: {', '.join(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @property
+    def crops_path(self) -> Path:
+        return Path(self.crops_file) if self.crops_file else Path(self.run_dir) / "crops.npz"
+
+
+def build_predictor(cfg: PredictorTrainConfig, num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2"):
+    from vsr.models.noise_predictor import NoisePredictor
+
+    return NoisePredictor(
+        channels=cfg.channels, num_blocks=cfg.num_blocks, pixel_unshuffle=cfg.pixel_unshuffle, emb_dim=cfg.emb_dim,
+        num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+    )

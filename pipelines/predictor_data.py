@@ -1,0 +1,164 @@
+"""The noise predictor's training data (see `train_noise_predictor`): crops packed once
+into RUN/crops.npz, degraded as real low-resolution video is (blur, downscaling, sensor
+noise, then 8-bit, JPEG or single-frame H.264), in batches drawn from one generator."""
+from __future__ import annotations
+
+import io
+import logging
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vsr.core.resample import resample
+
+from .predictor_config import PredictorTrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def pack_crops(images: list[torch.Tensor], count: int, size: int, max_downscale: float, seed: int) -> np.ndarray:
+    """(count, 3, size, size) uint8: windows of size*s pixels (s log-uniform in [1,
+    max_downscale], as if shot at a lower resolution) area-resized to size, cycling
+    through the images so each gives about count/len(images). images: uint8 CHW."""
+    gen = torch.Generator().manual_seed(seed)
+    out = np.empty((count, 3, size, size), np.uint8)
+    for i in range(count):
+        img = images[i % len(images)]
+        _, h, w = img.shape
+        s_max = max(1.0, min(max_downscale, h / size, w / size))
+        s = math.exp(float(torch.rand((), generator=gen)) * math.log(s_max))
+        win = max(size, min(int(round(size * s)), h, w))
+        y = int(torch.randint(h - win + 1, (1,), generator=gen))
+        x = int(torch.randint(w - win + 1, (1,), generator=gen))
+        crop = img[:, y : y + win, x : x + win].float().unsqueeze(0)
+        if win != size:
+            crop = F.interpolate(crop, size=(size, size), mode="area")
+        out[i] = crop[0].round().clamp(0, 255).to(torch.uint8).numpy()
+    return out
+
+
+def load_or_pack_crops(cfg: PredictorTrainConfig) -> np.ndarray:
+    """The run's packed crops (built from the corpus's train split on first use)."""
+    from .train_prior import load_images
+
+    path = cfg.crops_path
+    if path.is_file():
+        with np.load(path) as z:
+            return z["crops"]
+    images = load_images(cfg.corpus, "train", 1280)
+    crops = pack_crops(images, cfg.pack_count, cfg.pack_size, cfg.pack_max_downscale, cfg.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez_compressed(tmp, crops=crops)
+    tmp.replace(path)
+    log.info("packed %d crops of %d px from %d images into %s (%.1f MiB)", len(crops), cfg.pack_size, len(images),
+             path, path.stat().st_size / 2**20)
+    return crops
+
+
+def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=gen))
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(N, C, H, W) separable Gaussian blur, radius ceil(3 sigma), reflect padding."""
+    r = max(1, math.ceil(3 * sigma))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32) / sigma) ** 2)
+    k = (k / k.sum()).to(x)
+    c = x.shape[1]
+    x = F.pad(x, (r, r, r, r), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def jpeg_roundtrip(rgb: np.ndarray, quality: int) -> np.ndarray:
+    """HxWx3 uint8 RGB through OpenCV's JPEG (4:2:0) at `quality` and back."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])
+
+
+def h264_roundtrip(rgb: np.ndarray, crf: int) -> np.ndarray:
+    """HxWx3 uint8 RGB (even H, W) as a one-frame H.264 stream (libx264, yuv420p, CRF,
+    one thread: deterministic), encoded and decoded in memory."""
+    import av
+
+    h, w = rgb.shape[:2]
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.thread_count = 1
+        stream.options = {"crf": str(int(crf)), "preset": "veryfast", "tune": "zerolatency"}
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
+            out.mux(packet)
+        for packet in stream.encode():  # flush
+            out.mux(packet)
+    buf.seek(0)
+    with av.open(buf, "r", format="h264") as inp:
+        for frame in inp.decode(video=0):
+            return frame.to_ndarray(format="rgb24")
+    raise RuntimeError("H.264 round trip gave no frame")
+
+
+def degrade(hr: torch.Tensor, size: tuple[int, int], cfg: PredictorTrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """One low-resolution frame as video has it: (3, H, W) float [0, 1] -> (3, *size) in
+    [0, 1] on 8-bit levels. A pure function of (hr, size, cfg, generator state): optional
+    blur (sigma in cfg.blur_sigma, HR pixels), area or antialiased-bicubic downscaling,
+    optional Gaussian noise (std up to cfg.noise_sigma / 255), then JPEG (quality in
+    cfg.jpeg_quality), H.264 (CRF in cfg.h264_crf) or plain 8-bit rounding."""
+    x = hr[None].float()
+    if float(torch.rand((), generator=gen)) < cfg.blur_prob:
+        x = gaussian_blur(x, _uniform(gen, *cfg.blur_sigma))
+    if float(torch.rand((), generator=gen)) < cfg.area_prob:
+        x = F.interpolate(x, size=size, mode="area")
+    else:
+        x = resample(x, size)
+    x = x.clamp(0, 1)
+    if float(torch.rand((), generator=gen)) < cfg.noise_prob:
+        sigma = _uniform(gen, 0.0, cfg.noise_sigma) / 255.0
+        x = (x + sigma * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+    u = float(torch.rand((), generator=gen))
+    rgb = (x[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    if u < cfg.jpeg_prob:
+        q = int(torch.randint(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1, (1,), generator=gen))
+        rgb = jpeg_roundtrip(rgb, q)
+    elif u < cfg.jpeg_prob + cfg.h264_prob:
+        crf = int(torch.randint(cfg.h264_crf[0], cfg.h264_crf[1] + 1, (1,), generator=gen))
+        rgb = h264_roundtrip(rgb, crf)
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255.0
+
+
+def lr_size(crop: int, scale: float) -> int:
+    """The low-resolution side for a crop at a scale: even (H.264's 4:2:0), at least 8."""
+    return max(8, 2 * round(crop / scale / 2))
+
+
+def make_batch(crops: np.ndarray, cfg: PredictorTrainConfig, gen: torch.Generator):
+    """(hr, low): (B, 3, crop, crop) and (B, 3, n, n), float [0, 1]; one scale per batch
+    (log-uniform in [scale_min, scale_max]), random crop offsets, flips and transposes."""
+    s = math.exp(_uniform(gen, math.log(cfg.scale_min), math.log(cfg.scale_max)))
+    n = lr_size(cfg.crop, s)
+    hr, low = [], []
+    for _ in range(cfg.batch_size):
+        i = int(torch.randint(len(crops), (1,), generator=gen))
+        size = crops.shape[-1]
+        y = int(torch.randint(size - cfg.crop + 1, (1,), generator=gen))
+        x = int(torch.randint(size - cfg.crop + 1, (1,), generator=gen))
+        c = torch.from_numpy(crops[i, :, y : y + cfg.crop, x : x + cfg.crop].copy()).float() / 255.0
+        flips = int(torch.randint(8, (1,), generator=gen))
+        if flips & 1:
+            c = c.flip(-1)
+        if flips & 2:
+            c = c.flip(-2)
+        if flips & 4:
+            c = c.transpose(-1, -2)
+        c = c.contiguous()
+        hr.append(c)
+        low.append(degrade(c, (n, n), cfg, gen))
+    return torch.stack(hr), torch.stack(low)

@@ -1,0 +1,268 @@
+"""The noise predictor's loss, validation and training state (see
+`train_noise_predictor`): `PredictorTrainer.state_dict` is everything needed to continue
+bit-for-bit."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vsr.core.resample import resample
+from vsr.core.sampling import back_project
+from vsr.core.schedule import timestep_set
+from vsr.errors import ConfigError
+
+from .predictor_config import PredictorTrainConfig, build_predictor
+from .predictor_data import make_batch
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def detail_loss(out: torch.Tensor, hr: torch.Tensor, cfg: PredictorTrainConfig) -> tuple[torch.Tensor, dict]:
+    """Charbonnier + grad_weight * L1(image gradients) + fft_weight * L1(|FFT|), on [-1, 1]."""
+    diff = out - hr
+    charb = torch.sqrt(diff * diff + cfg.charbonnier_eps**2).mean()
+    gx = (out[..., :, 1:] - out[..., :, :-1]) - (hr[..., :, 1:] - hr[..., :, :-1])
+    gy = (out[..., 1:, :] - out[..., :-1, :]) - (hr[..., 1:, :] - hr[..., :-1, :])
+    grad = 0.5 * (gx.abs().mean() + gy.abs().mean())
+    fft = (torch.fft.rfft2(out, norm="ortho").abs() - torch.fft.rfft2(hr, norm="ortho").abs()).abs().mean()
+    loss = charb + cfg.grad_weight * grad + cfg.fft_weight * fft
+    return loss, {"charb": float(charb.detach()), "grad": float(grad.detach()), "fft": float(fft.detach())}
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def sharpness(test: np.ndarray, reference: np.ndarray) -> float:
+    """Laplacian energy of test's luma over reference's (HxWx3 uint8); 1.0 = as sharp
+    (benchmarks.prior's measure)."""
+    import cv2
+
+    from vsr import metrics
+
+    def energy(img: np.ndarray) -> float:
+        return float((cv2.Laplacian(metrics.luma(img).astype(np.float64), cv2.CV_64F, ksize=3) ** 2).mean())
+
+    return energy(test) / max(energy(reference), 1e-12)
+
+
+def band_energy(test: np.ndarray, reference: np.ndarray, scale: float) -> float:
+    """Luma energy above the input's Nyquist (radial frequency > 0.5 / scale cycles per
+    pixel) of test over reference's (HxWx3 uint8): what an upscaler added that the input
+    could not say; bicubic's is near 0, 1.0 = as much as the truth."""
+    from vsr import metrics
+
+    def energy(img: np.ndarray) -> float:
+        y = metrics.luma(img).astype(np.float64)
+        f = np.fft.fft2(y - y.mean())
+        fy, fx = np.meshgrid(np.fft.fftfreq(y.shape[0]), np.fft.fftfreq(y.shape[1]), indexing="ij")
+        return float((np.abs(f[np.hypot(fy, fx) > 0.5 / scale]) ** 2).sum())
+
+    return energy(test) / max(energy(reference), 1e-12)
+
+
+def _u8(x: torch.Tensor) -> list[np.ndarray]:
+    """[-1, 1] (N, 3, H, W) -> list of HxWx3 uint8."""
+    return list(((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+
+
+def _scores(outs: list[np.ndarray], refs: list[np.ndarray], scale: float) -> dict[str, float]:
+    """Y-PSNR (dB), GMSD, hf (Laplacian energy ratio, benchmarks.prior's sharpness) and
+    band (energy above the input's Nyquist over the truth's), means over the images."""
+    from vsr import metrics
+
+    return {
+        "psnr": round(float(np.mean([metrics.psnr(o, r) for o, r in zip(outs, refs)])), 3),
+        "gmsd": round(float(np.mean([metrics.gmsd(o, r) for o, r in zip(outs, refs)])), 5),
+        "hf": round(float(np.mean([sharpness(o, r) for o, r in zip(outs, refs)])), 4),
+        "band": round(float(np.mean([band_energy(o, r, scale) for o, r in zip(outs, refs)])), 4),
+    }
+
+
+def load_val_crops(corpus: str | Path, crop: int, max_images: int) -> torch.Tensor:
+    """(N, 3, crop, crop) float [0, 1]: centre crops of the held-out split (benchmarks.prior's)."""
+    from vsr.calibrate import load_crops
+
+    return load_crops(Path(corpus) / "images" / "val", crop, max_images)
+
+
+@torch.no_grad()
+def evaluate(
+    predictor, denoiser, alphas_cumprod: torch.Tensor, hr: torch.Tensor, scales, levels, steps: int,
+    consistency: int = 1, baselines: bool = True,
+) -> dict:
+    """Y-PSNR / GMSD / HF ratio on hr (N, 3, H, W) [0, 1] downscaled by each scale
+    (antialiased bicubic, as benchmarks.prior), upscaled back with the predictor at each
+    start t/T in `levels` (a list, or a dict scale -> list); plus bicubic and
+    bicubic + back-projection when `baselines`."""
+    from vsr.methods import diffsr
+
+    device = next(predictor.parameters()).device
+    T = int(alphas_cumprod.shape[0])
+    refs = _u8(hr * 2 - 1)
+    result: dict = {}
+    for s in scales:
+        H, W = hr.shape[-2:]
+        low01 = resample(hr, (round(H / s), round(W / s))).clamp(0, 1)
+        low01 = (low01 * 255).round() / 255  # 8-bit input, as the engine gets it
+        low = (low01 * 2 - 1).to(device)
+        up = resample(low, (H, W))
+        row: dict = {}
+        if baselines:
+            row["bicubic"] = _scores(_u8(up), refs, s)
+            row["bicubic+bp"] = _scores(_u8(back_project(up, low, consistency or 1)), refs, s)
+        for lv in levels[s] if isinstance(levels, dict) else levels:
+            ts = timestep_set(float(lv), steps, T)
+            outs = []
+            for i in range(len(hr)):  # one frame at a time, as PredictedNoise runs it
+                eps = predictor(up[i : i + 1], ts[0])
+                outs.append(diffsr.upscale(denoiser, low[i : i + 1], up[i : i + 1], eps, ts, alphas_cumprod,
+                                           consistency=consistency))
+            row[f"t={lv}"] = _scores(_u8(torch.cat(outs)), refs, s)
+        result[f"{s:g}x"] = row
+    return result
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def _lr_at(step: int, cfg: PredictorTrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _prior_dtype(name: str, device: torch.device) -> torch.dtype:
+    from vsr.device import resolve_dtype
+
+    return resolve_dtype(name, device) if name == "auto" else getattr(torch, name)
+
+
+class PredictorTrainer:
+    """One run's state; `state_dict` is everything needed to continue bit-for-bit.
+
+    prior: a `vsr.models.LoadedModel` (frozen); crops: (M, 3, S, S) uint8; val: (N, 3,
+    H, W) float [0, 1] or None.
+    """
+
+    def __init__(self, cfg: PredictorTrainConfig, prior, crops: np.ndarray, val: torch.Tensor | None):
+        from diffusers.training_utils import EMAModel
+
+        from .train_prior import resolve_device
+
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.prior = prior
+        self.alphas_cumprod = prior.alphas_cumprod
+        self.denoiser = prior.make_denoiser(self.device, _prior_dtype(cfg.prior_dtype, self.device))
+        sched = _schedule_of(prior)
+        torch.manual_seed(cfg.seed)
+        self.net = build_predictor(cfg, *sched).to(self.device)
+        if not torch.allclose(self.net.alphas_cumprod.cpu(), self.alphas_cumprod.cpu(), rtol=1e-6, atol=1e-9):
+            raise ConfigError("the prior's noise schedule is not one NoisePredictor can rebuild (DDPM betas)")
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.ema = EMAModel(self.net.parameters(), decay=cfg.ema_decay)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+        self.wall_s = 0.0
+        self.history: list[dict] = []
+        self.crops = crops
+        self.val = val
+
+    def state_dict(self) -> dict:
+        return {
+            "config": self.cfg.to_dict(), "step": self.step, "wall_s": self.wall_s,
+            "net": self.net.state_dict(), "opt": self.opt.state_dict(), "ema": self.ema.state_dict(),
+            "gen": self.gen.get_state(), "history": self.history,
+            "schedule": list(_schedule_of(self.prior)),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        self.wall_s = state.get("wall_s", 0.0)
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        self.ema.load_state_dict(state["ema"])
+        self.gen.set_state(state["gen"])
+        self.history = list(state.get("history", []))
+
+    def loss(
+        self, hr: torch.Tensor, low: torch.Tensor, t: int, steps: int, direct: bool = False
+    ) -> tuple[torch.Tensor, dict]:
+        """The end-to-end loss of one batch (hr, low in [0, 1]) from start t with `steps` DDIM steps.
+
+        direct: the warm-up objective instead: the prior is taken as the identity (x0 =
+        x_t = x_up + d), so only the back-projected start is scored; five times cheaper on
+        a CPU, it teaches the predictor the detail before the sampler is in the loop.
+        """
+        from vsr.core.schedule import add_noise
+        from vsr.methods import diffsr
+
+        hr, low = hr.to(self.device) * 2 - 1, low.to(self.device) * 2 - 1
+        up = resample(low, tuple(hr.shape[-2:]))
+        eps = self.net(up, t)
+        if direct:
+            x_t = add_noise(up, eps, t, self.alphas_cumprod)
+            out = back_project(x_t, low, self.cfg.consistency) if self.cfg.consistency else x_t
+            return detail_loss(out, hr, self.cfg)
+        ts = timestep_set(t / self.alphas_cumprod.shape[0], steps, self.alphas_cumprod.shape[0])
+        out = diffsr.upscale(self.denoiser, low, up, eps, ts, self.alphas_cumprod, consistency=self.cfg.consistency)
+        return detail_loss(out, hr, self.cfg)
+
+    def train_step(self) -> dict:
+        lr = _lr_at(self.step, self.cfg)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        hr, low = make_batch(self.crops, self.cfg, self.gen)
+        t = int(torch.randint(self.cfg.t_min, self.cfg.t_max + 1, (1,), generator=self.gen))
+        steps = self.cfg.steps_choices[int(torch.randint(len(self.cfg.steps_choices), (1,), generator=self.gen))]
+        self.net.train()
+        direct = self.step < self.cfg.direct_steps
+        loss, parts = self.loss(hr, low, t, steps, direct)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        self.ema.step(self.net.parameters())
+        self.step += 1
+        return {"loss": float(loss.detach()), **parts, "t": t, "steps": 0 if direct else steps,
+                "scale": round(hr.shape[-1] / low.shape[-1], 2)}
+
+    def ema_net(self) -> torch.nn.Module:
+        """A copy of the predictor with the EMA weights (what gets exported)."""
+        net = copy.deepcopy(self.net)
+        self.ema.copy_to(net.parameters())
+        return net.eval()
+
+    def validate(self, baselines: bool = False) -> dict:
+        return evaluate(self.ema_net(), self.denoiser, self.alphas_cumprod, self.val, self.cfg.val_scales,
+                        self.cfg.val_t, self.cfg.val_steps, self.cfg.consistency, baselines=baselines)
+
+
+def _schedule_of(prior) -> tuple[int, str]:
+    """(num_train_timesteps, beta_schedule) of a LoadedModel, read off its scheduler config."""
+    T = int(prior.alphas_cumprod.shape[0])
+    beta = "squaredcos_cap_v2"
+    if prior.source:
+        p = Path(prior.source) / "scheduler" / "scheduler_config.json"
+        if p.is_file():
+            beta = json.loads(p.read_text()).get("beta_schedule", beta)
+    return T, beta
+
+
+def save_checkpoint(trainer: PredictorTrainer, path: Path) -> None:
+    """Atomically: a kill mid-write never leaves a broken `last.pt`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(trainer.state_dict(), tmp)
+    tmp.replace(path)
