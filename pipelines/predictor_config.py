@@ -7,9 +7,9 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from vsr.errors import ConfigError
+
+from .prior_model import read_training_yaml
 
 
 @dataclass(frozen=True)
@@ -89,16 +89,7 @@ class PredictorTrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> "PredictorTrainConfig":
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"training config not found: {path}") from None
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read training config {path}: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"training config {path} must be a mapping of key: value")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(data)
+        return cls.from_dict(read_training_yaml(path, overrides))
 
     @classmethod
     def from_dict(cls, data: dict) -> "PredictorTrainConfig":

@@ -8,12 +8,26 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-
-from vsr.models.macs import count_macs as _count_macs
 import torch.nn.functional as F
 import yaml
 
 from vsr.errors import ConfigError
+from vsr.models.macs import count_macs as _count_macs
+
+
+def read_training_yaml(path: str | Path, overrides: dict) -> dict:
+    """A training config file as a dict, with the non-None `overrides` (command-line
+    flags) applied; a missing, unreadable or non-mapping file is a one-line ConfigError."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"training config not found: {path}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read training config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"training config {path} must be a mapping of key: value, got {type(data).__name__}")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return data
 
 
 @dataclass(frozen=True)
@@ -73,16 +87,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> "TrainConfig":
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"training config not found: {path}") from None
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read training config {path}: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"training config {path} must be a mapping of key: value, got {type(data).__name__}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(data)
+        return cls.from_dict(read_training_yaml(path, overrides))
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":

@@ -38,7 +38,7 @@ from vsr.errors import EXIT_OK, InputError, OutputError, UsageError
 from vsr.frame import Frame
 from vsr.pipelines.ladder import Ladder, LadderPolicy
 from vsr.pipelines.stream_stages import END, FrameRate, ModelThread, Reader, Writer, timed, warm_up
-from vsr.pipelines.upscale_cli import _key_value, _noise_level, engine_config_from_args  # shared with vsr upscale
+from vsr.pipelines.upscale_cli import _key_value, add_model_args, engine_config_from_args  # shared with vsr upscale
 from vsr.targets import PRESETS, parse_size, plan_output
 
 log = logging.getLogger(__name__)
@@ -276,22 +276,7 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                    help=f"refuse an input or output larger than this many pixels (default {MAX_PIXELS}, 4K UHD)")
     g = parser.add_argument_group("model and quality (override --config; the ladder steps down from here)")
-    g.add_argument("--config", metavar="FILE", help="engine config YAML, or a preset name from configs/presets/")
-    g.add_argument("--model", help="model folder or hub id (default: the shipped prior)")
-    g.add_argument("--steps", type=int, help="DDIM steps of the top rung (1..50)")
-    g.add_argument("--noise-level", type=_noise_level, help="t/T in (0, 1), or auto (the model's PRF curve)")
-    g.add_argument("--consistency", type=int, metavar="N", help="back-projection passes per step (default 1)")
-    g.add_argument("--tile", type=int, help="tile size in pixels (default: the model's crop)")
-    g.add_argument("--overlap", type=int, help="tile overlap in pixels")
-    g.add_argument("--batch", type=int, help="tiles per model call (memory)")
-    g.add_argument("--seed", type=int, help="noise seed")
-    g.add_argument("--noise", choices=("shared", "fresh"), help="noise shared by all frames (steady) or fresh per frame")
-    g.add_argument("--noise-predictor", choices=("auto", "off"),
-                   help="auto: the model's noise_predictor/ when it has one (InvSR); off: plain Diff-SR (default auto)")
-    g.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
-    g.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"))
-    g.add_argument("--allow-pickle", action="store_true",
-                   help="load a model folder whose weights are pickle .bin files (they can run code: trusted models only)")
+    add_model_args(g, steps_help="DDIM steps of the top rung (1..50)")
     g.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for the model (default: torch's; 1 on a machine shared with other jobs)")
     g = parser.add_argument_group("live")

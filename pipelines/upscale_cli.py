@@ -36,6 +36,29 @@ def _noise_level(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or 'auto', got {text!r}") from None
 
 
+def add_model_args(g: argparse._ArgumentGroup, steps_help: str = "DDIM steps after noise injection (1..50)") -> None:
+    """The engine options `vsr upscale` and `vsr stream` share (they override --config;
+    `engine_config_from_args` reads them)."""
+    g.add_argument("--config", metavar="FILE", help="engine config YAML, or a preset name from configs/presets/")
+    g.add_argument("--model", help="model folder or hub id (default: the shipped prior)")
+    g.add_argument("--steps", type=int, help=steps_help)
+    g.add_argument("--noise-level", type=_noise_level, help="t/T in (0, 1), or auto (the model's PRF curve)")
+    g.add_argument("--consistency", type=int, metavar="N",
+                   help="back-projection passes per step so the output downscales to the input (default 1; 0 = off)")
+    g.add_argument("--tile", type=int, help="tile size in pixels (default: the model's crop)")
+    g.add_argument("--overlap", type=int, help="tile overlap in pixels")
+    g.add_argument("--batch", type=int, help="tiles per model call (memory)")
+    g.add_argument("--seed", type=int, help="noise seed")
+    g.add_argument("--noise", choices=("shared", "fresh"), help="noise shared by all frames (steady) or fresh per frame")
+    g.add_argument("--noise-predictor", choices=("auto", "off"),
+                   help="auto: predict the start noise from each frame with the model's noise_predictor/ when it has "
+                        "one (InvSR); off: plain Diff-SR (default auto)")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
+    g.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"))
+    g.add_argument("--allow-pickle", action="store_true",
+                   help="load a model folder whose weights are pickle .bin files (they can run code: trusted models only)")
+
+
 def add_cli(parser: argparse.ArgumentParser) -> None:
     """Declare `vsr upscale`'s arguments (docs/cli.md is the reference)."""
     parser.epilog = (
@@ -61,25 +84,7 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--10bit", dest="ten_bit", action="store_true", help="encode 10-bit (yuv420p10le)")
     g.add_argument("--encoder-opt", metavar="KEY=VALUE", type=_key_value, action="append", default=[],
                    help="extra encoder option, repeatable (e.g. x264-params=aq-mode=3)")
-    g = parser.add_argument_group("model and quality (override --config)")
-    g.add_argument("--config", metavar="FILE", help="engine config YAML, or a preset name from configs/presets/")
-    g.add_argument("--model", help="model folder or hub id (default: the shipped prior)")
-    g.add_argument("--steps", type=int, help="DDIM steps after noise injection (1..50)")
-    g.add_argument("--noise-level", type=_noise_level, help="t/T in (0, 1), or auto (the model's PRF curve)")
-    g.add_argument("--consistency", type=int, metavar="N",
-                   help="back-projection passes per step so the output downscales to the input (default 1; 0 = off)")
-    g.add_argument("--tile", type=int, help="tile size in pixels (default: the model's crop)")
-    g.add_argument("--overlap", type=int, help="tile overlap in pixels")
-    g.add_argument("--batch", type=int, help="tiles per model call (memory)")
-    g.add_argument("--seed", type=int, help="noise seed")
-    g.add_argument("--noise", choices=("shared", "fresh"), help="noise shared by all frames (steady) or fresh per frame")
-    g.add_argument("--noise-predictor", choices=("auto", "off"),
-                   help="auto: predict the start noise from each frame with the model's noise_predictor/ when it has "
-                        "one (InvSR); off: plain Diff-SR (default auto)")
-    g.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
-    g.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"))
-    g.add_argument("--allow-pickle", action="store_true",
-                   help="load a model folder whose weights are pickle .bin files (they can run code: trusted models only)")
+    add_model_args(parser.add_argument_group("model and quality (override --config)"))
     g = parser.add_argument_group("job")
     g.add_argument("--preview", type=int, metavar="N", help="write N side-by-side PNGs beside OUT and exit")
     g.add_argument("--overwrite", action="store_true", help="replace OUT (and an interrupted run's work) if present")
