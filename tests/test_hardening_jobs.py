@@ -236,6 +236,10 @@ def _check_after_interrupt(proc: subprocess.Popen, out: Path, reference: Path, a
     finishes into the reference. Returns which of the two it was."""
     _, err = proc.communicate(timeout=600)
     folder = temp_dir_for(out)
+    if proc.returncode == 0:  # the signal came after the job was done (then it is ignored): OUT is complete
+        assert out.exists() and not folder.exists() and "Traceback" not in err
+        _same_video(out, reference)
+        return "complete"
     if proc.returncode == -signal.SIGINT and not err:  # the signal came before Python had started: nothing began
         assert not out.exists() and not folder.exists()
         return "not started"

@@ -116,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "_run", None):
             parser.print_help()
             return EXIT_USAGE
-        return int(args._run(args) or 0)
+        rc = int(args._run(args) or 0)
+        if as_program:  # the work is done: a late Ctrl-C must not turn this exit into death by signal
+            _ignore_further_interrupts()
+        return rc
     except VsrError as exc:
         if debug:
             raise
