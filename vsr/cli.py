@@ -92,6 +92,19 @@ def _ignore_further_interrupts() -> None:
             signal.signal(sig, signal.SIG_IGN)
 
 
+def _exit_interrupted() -> None:
+    """The process, interrupted, ends here with exit code 130: the job's cleanup has run
+    (the exception unwound through it) and the work folder is resumable; interpreter
+    shutdown is skipped because a signal landing in it ended the process with -2 instead
+    (seen in CI on a SIGINT during start-up)."""
+    import os
+
+    _ignore_further_interrupts()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
 def _out_of_memory(exc: BaseException) -> bool:
     """vsr.device.is_out_of_memory without importing torch here (the CLI starts fast)."""
     if "vsr.device" not in sys.modules:
@@ -125,12 +138,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"vsr: {_one_line(str(exc))}", file=sys.stderr)
         if as_program and exc.exit_code == EXIT_INTERRUPTED:
-            _ignore_further_interrupts()
+            _exit_interrupted()
         return exc.exit_code
     except KeyboardInterrupt:
         if as_program:
             _ignore_further_interrupts()
         print("vsr: interrupted (rerun with --resume to continue)", file=sys.stderr)
+        if as_program:
+            _exit_interrupted()
         return EXIT_INTERRUPTED
     except MemoryError:
         if debug:
