@@ -3,17 +3,16 @@
 checkpoint, and the predictor it describes."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from vsr.errors import ConfigError
 
-from .prior_model import read_training_yaml
+from .prior_model import YamlConfig
 
 
 @dataclass(frozen=True)
-class PredictorTrainConfig:
+class PredictorTrainConfig(YamlConfig):
     """Everything that determines a run; saved into every checkpoint."""
 
     corpus: str = "data/corpus"
@@ -22,6 +21,7 @@ class PredictorTrainConfig:
     prior_dtype: str = "auto"  # auto | float32 | bfloat16: what the engine will run the prior in
     # packed crops (RUN/crops.npz unless given)
     crops_file: str | None = None
+    init_checkpoint: str | None = None  # start a new run from another run's EMA weights (not its optimiser)
     pack_count: int = 640
     pack_size: int = 160
     pack_max_downscale: float = 2.0
@@ -86,21 +86,6 @@ class PredictorTrainConfig:
             raise ConfigError(f"crop/val_crop must be multiples of {self.pixel_unshuffle} and crop <= pack_size")
         if self.batch_size < 1 or self.steps < 0:
             raise ConfigError("batch_size must be >= 1 and steps >= 0")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides) -> "PredictorTrainConfig":
-        return cls.from_dict(read_training_yaml(path, overrides))
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "PredictorTrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown training config keys: {', '.join(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @property
     def crops_path(self) -> Path:

@@ -195,6 +195,18 @@ class PredictorTrainer:
         self.gen.set_state(state["gen"])
         self.history = list(state.get("history", []))
 
+    def init_from(self, state: dict) -> None:
+        """Start from another run's EMA weights (a warm start, e.g. on a larger corpus):
+        the optimiser, step, LR schedule and random stream start afresh."""
+        self.net.load_state_dict(state["net"])
+        shadow = state["ema"]["shadow_params"]
+        with torch.no_grad():
+            for p, s in zip(self.net.parameters(), shadow):
+                p.copy_(s)
+        from diffusers.training_utils import EMAModel
+
+        self.ema = EMAModel(self.net.parameters(), decay=self.cfg.ema_decay)
+
     def loss(
         self, hr: torch.Tensor, low: torch.Tensor, t: int, steps: int, direct: bool = False
     ) -> tuple[torch.Tensor, dict]:

@@ -30,8 +30,54 @@ def read_training_yaml(path: str | Path, overrides: dict) -> dict:
     return data
 
 
+def add_training_args(p, config_help: str) -> None:
+    """The flags every `vsr train` trainer takes (prior and noise predictor alike)."""
+    p.add_argument("--config", required=True, help=config_help)
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt if it exists")
+    p.add_argument("--steps", type=int, help="override the total number of steps")
+    p.add_argument("--corpus", help="override the corpus folder")
+    p.add_argument("--run-dir", help="override the run folder")
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (0 = torch's default)")
+    p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this long")
+    p.add_argument("--stop-at", type=int, help="stop (with a checkpoint) at this step; the LR schedule still spans --steps")
+    p.add_argument("--quiet", action="store_true")
+
+
+def run_training(args, config_cls, train) -> int:
+    """Read `args.config` into `config_cls` with the flags of `add_training_args` applied,
+    run `train(cfg, resume=, progress=, max_seconds=, stop_at=)`, print where it stopped."""
+    cfg = config_cls.from_yaml(
+        args.config, steps=args.steps, corpus=args.corpus, run_dir=args.run_dir, device=args.device,
+        num_threads=args.threads,
+    )
+    trainer = train(cfg, resume=args.resume, progress=not args.quiet,
+                    max_seconds=args.max_minutes * 60 if args.max_minutes else None, stop_at=args.stop_at)
+    print(f"step {trainer.step}, checkpoint {Path(cfg.run_dir) / 'last.pt'}")
+    return 0
+
+
+class YamlConfig:
+    """from_yaml/from_dict/to_dict for the frozen training-config dataclasses: unknown
+    keys are a one-line ConfigError, YAML lists become tuples (and back)."""
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides):
+        return cls.from_dict(read_training_yaml(path, overrides))
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown training config keys: {', '.join(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(YamlConfig):
     """Everything that determines a training run; saved into every checkpoint."""
 
     corpus: str = "data/corpus"
@@ -84,22 +130,6 @@ class TrainConfig:
             raise ConfigError(f"crop/val_crop must be multiples of {factor} for this architecture")
         if self.batch_size < 1 or self.steps < 0:
             raise ConfigError("batch_size must be >= 1 and steps >= 0")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides) -> "TrainConfig":
-        return cls.from_dict(read_training_yaml(path, overrides))
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ConfigError(f"unknown training config keys: {', '.join(unknown)}")
-        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**data)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def build_unet(cfg: TrainConfig):

@@ -38,8 +38,8 @@ from vsr.errors import EXIT_OK, InputError, OutputError, UsageError
 from vsr.frame import Frame
 from vsr.pipelines.ladder import Ladder, LadderPolicy
 from vsr.pipelines.stream_stages import END, FrameRate, ModelThread, Reader, Writer, timed, warm_up
-from vsr.pipelines.upscale_cli import _key_value, add_model_args, engine_config_from_args  # shared with vsr upscale
-from vsr.targets import PRESETS, parse_size, plan_output
+from vsr.pipelines.upscale_cli import _key_value, add_model_args, add_size_args, engine_config_from_args  # shared with vsr upscale
+from vsr.targets import parse_size, plan_output
 
 log = logging.getLogger(__name__)
 
@@ -267,12 +267,7 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("input", metavar="IN", help="live source: rtmp://, srt://, rtsp://, udp://, tcp://, http(s)://, a file, or - (stdin)")
     parser.add_argument("output", metavar="OUT", help="live destination: rtmp:// (FLV), srt:// udp:// tcp:// or - (MPEG-TS), rtsp://, a file")
-    g = parser.add_argument_group("size (one of; default --scale 2)")
-    g.add_argument("--target", help=f"output height preset, aspect kept: {', '.join(PRESETS)}")
-    g.add_argument("--size", metavar="WxH", help="exact output size, see --fit")
-    g.add_argument("--fit", choices=("pad", "crop", "stretch"), default="pad", help="how --size treats another aspect ratio (default pad)")
-    g.add_argument("--scale", type=float, help="scale factor, e.g. 2 or 2.7")
-    g.add_argument("--deinterlace", choices=("auto", "on", "off"), default="auto", help="bwdif on interlaced input (default auto)")
+    g = add_size_args(parser)
     g.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                    help=f"refuse an input or output larger than this many pixels (default {MAX_PIXELS}, 4K UHD)")
     g = parser.add_argument_group("model and quality (override --config; the ladder steps down from here)")

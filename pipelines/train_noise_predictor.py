@@ -42,6 +42,7 @@ from vsr.core.resample import resample  # noqa: F401 - re-exported: its old home
 from vsr.errors import InputError
 
 from .predictor_config import PredictorTrainConfig, build_predictor
+from .prior_model import add_training_args, run_training
 from .predictor_data import (  # noqa: F401 - re-exported: their old home
     _uniform,
     degrade,
@@ -103,6 +104,9 @@ def train(
     if resume and ckpt.exists():
         trainer.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
         log.info("resumed from %s at step %d", ckpt, trainer.step)
+    elif cfg.init_checkpoint:
+        trainer.init_from(torch.load(cfg.init_checkpoint, map_location="cpu", weights_only=True))
+        log.info("started from the EMA weights of %s", cfg.init_checkpoint)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if trainer.val is not None and trainer.step == 0 and cfg.val_every:
         record = {"step": 0, "wall_s": 0.0, **trainer.validate(baselines=True)}
@@ -241,16 +245,7 @@ def export(
 def add_cli(sub) -> None:
     """Add `predictor` and `predictor-export` to `vsr train`'s subparsers."""
     p = sub.add_parser("predictor", help="train (or resume) a prior's noise predictor (InvSR)")
-    p.add_argument("--config", required=True, help="a YAML file of PredictorTrainConfig fields (configs/predictor/*.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt if it exists")
-    p.add_argument("--steps", type=int, help="override the total number of steps")
-    p.add_argument("--corpus", help="override the corpus folder")
-    p.add_argument("--run-dir", help="override the run folder")
-    p.add_argument("--device", help="auto | cpu | cuda")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (0 = torch's default)")
-    p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this long")
-    p.add_argument("--stop-at", type=int, help="stop at this step; the LR schedule still spans --steps")
-    p.add_argument("--quiet", action="store_true")
+    add_training_args(p, "a YAML file of PredictorTrainConfig fields (configs/predictor/*.yaml)")
     e = sub.add_parser("predictor-export", help="write a model folder: the prior plus the predictor's EMA weights")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--out", required=True)
@@ -270,11 +265,4 @@ def run_cli(args) -> int:
         print(export(args.checkpoint, args.out, prior=args.prior, do_calibrate=args.calibrate, corpus=args.corpus,
                      mix=args.mix, val_max_images=args.max_images, scales=tuple(args.scales), grid=tuple(args.grid)))
         return 0
-    cfg = PredictorTrainConfig.from_yaml(
-        args.config, steps=args.steps, corpus=args.corpus, run_dir=args.run_dir, device=args.device,
-        num_threads=args.threads,
-    )
-    trainer = train(cfg, resume=args.resume, progress=not args.quiet,
-                    max_seconds=args.max_minutes * 60 if args.max_minutes else None, stop_at=args.stop_at)
-    print(f"step {trainer.step}, checkpoint {Path(cfg.run_dir) / 'last.pt'}")
-    return 0
+    return run_training(args, PredictorTrainConfig, train)

@@ -32,7 +32,7 @@ from vsr.errors import InputError
 
 # the pieces live in sibling modules; every name stays importable from here
 from .prior_data import load_images, random_crops, val_crops
-from .prior_model import TrainConfig, build_scheduler, build_unet, count_macs, model_output
+from .prior_model import TrainConfig, add_training_args, build_scheduler, build_unet, count_macs, model_output, run_training
 from .prior_trainer import (
     VAL_T_FRACTIONS,
     Trainer,
@@ -173,16 +173,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, *, dtype: torch.dtype = 
 def add_cli(parser) -> None:
     sub = parser.add_subparsers(dest="train_command", metavar="WHAT", required=True)
     p = sub.add_parser("prior", help="train (or resume) the default prior")
-    p.add_argument("--config", required=True, help="a YAML file of TrainConfig fields (configs/prior/*.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt if it exists")
-    p.add_argument("--steps", type=int, help="override the total number of steps")
-    p.add_argument("--corpus", help="override the corpus folder")
-    p.add_argument("--run-dir", help="override the run folder")
-    p.add_argument("--device", help="auto | cpu | cuda")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (0 = torch's default)")
-    p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this long")
-    p.add_argument("--stop-at", type=int, help="stop (with a checkpoint) at this step; the LR schedule still spans --steps")
-    p.add_argument("--quiet", action="store_true")
+    add_training_args(p, "a YAML file of TrainConfig fields (configs/prior/*.yaml)")
     e = sub.add_parser("export", help="write a checkpoint's EMA weights as a diffusers folder")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--out", required=True)
@@ -201,14 +192,5 @@ def run_cli(args) -> int:
             raise InputError(f"checkpoint not found: {args.checkpoint}")
         print(export(args.checkpoint, args.out))
         return 0
-    cfg = TrainConfig.from_yaml(
-        args.config, steps=args.steps, corpus=args.corpus, run_dir=args.run_dir, device=args.device,
-        num_threads=args.threads,
-    )
-    trainer = train(
-        cfg, resume=args.resume, progress=not args.quiet,
-        max_seconds=args.max_minutes * 60 if args.max_minutes else None, stop_at=args.stop_at,
-    )
-    print(f"step {trainer.step}, checkpoint {Path(cfg.run_dir) / 'last.pt'}")
-    return 0
+    return run_training(args, TrainConfig, train)
 

@@ -36,6 +36,19 @@ def _noise_level(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or 'auto', got {text!r}") from None
 
 
+def add_size_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The output-size group shared by `vsr upscale` and `vsr stream` (vsr.targets
+    plans the size): --target, --size with --fit, --scale, --deinterlace."""
+    g = parser.add_argument_group("size (one of; default --scale 2)")
+    g.add_argument("--target", help=f"output height preset, aspect kept: {', '.join(PRESETS)}")
+    g.add_argument("--size", metavar="WxH", help="exact output size, see --fit")
+    g.add_argument("--fit", choices=("pad", "crop", "stretch"), default="pad", help="how --size treats another aspect ratio (default pad)")
+    g.add_argument("--scale", type=float, help="scale factor, e.g. 2 or 2.7")
+    g.add_argument("--deinterlace", choices=io.DEINTERLACE, default="auto",
+                   help="bwdif, one frame per frame: auto (interlaced streams), on, off (default auto)")
+    return g
+
+
 def add_model_args(g: argparse._ArgumentGroup, steps_help: str = "DDIM steps after noise injection (1..50)") -> None:
     """The engine options `vsr upscale` and `vsr stream` share (they override --config;
     `engine_config_from_args` reads them)."""
@@ -68,13 +81,7 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("input", metavar="IN", help="input video (any file FFmpeg reads); opened read-only")
     parser.add_argument("output", metavar="OUT", help="output video; the container follows the extension (.mp4, .mkv, .mov)")
-    g = parser.add_argument_group("size (one of; default --scale 2)")
-    g.add_argument("--target", help=f"output height preset, aspect kept: {', '.join(PRESETS)}")
-    g.add_argument("--size", metavar="WxH", help="exact output size, see --fit")
-    g.add_argument("--fit", choices=("pad", "crop", "stretch"), default="pad", help="how --size treats another aspect ratio (default pad)")
-    g.add_argument("--deinterlace", choices=io.DEINTERLACE, default="auto",
-                   help="bwdif, one frame per frame: auto (interlaced streams), on, off (default auto)")
-    g.add_argument("--scale", type=float, help="scale factor, e.g. 2 or 2.7")
+    g = add_size_args(parser)
     g = parser.add_argument_group("encoder")
     g.add_argument("--codec", default="libx264", help="video encoder: libx264 (default), libx265, libsvtav1, libvpx-vp9, ...")
     g.add_argument("--crf", type=float, help="constant quality (default 18; lower = better and bigger)")

@@ -252,6 +252,22 @@ def test_training_resumes_bit_for_bit(tmp_path):
     )
 
 
+def test_a_warm_start_begins_from_the_other_runs_ema_weights_with_a_fresh_optimiser(tmp_path):
+    crops, prior = textured_crops(), tiny_prior()
+    kw = dict(progress=False, prior=prior, crops=crops)
+    first = tnp.train(tiny_cfg(tmp_path / "a"), **kw)
+    ema = torch.cat([p.flatten() for p in first.ema_net().parameters()])
+    assert not torch.equal(ema, _params(first))  # the EMA lags: what must carry over is the EMA
+    started = tnp.train(tiny_cfg(tmp_path / "b", init_checkpoint=str(tmp_path / "a" / "last.pt")), stop_at=0, **kw)
+    assert started.step == 0 and not started.opt.state
+    assert torch.equal(_params(started), ema)
+    assert torch.equal(torch.cat([p.flatten() for p in started.ema_net().parameters()]), ema)
+    # --resume of the new run takes its own checkpoint, not the warm start's
+    tnp.train(tiny_cfg(tmp_path / "b", init_checkpoint=str(tmp_path / "a" / "last.pt")), stop_at=2, resume=True, **kw)
+    resumed = tnp.train(tiny_cfg(tmp_path / "b", init_checkpoint=str(tmp_path / "a" / "last.pt")), resume=True, **kw)
+    assert resumed.step == 4 and not torch.equal(_params(resumed), ema)
+
+
 def test_validation_and_export(tmp_path):
     from tests.conftest import build_tiny_model_dir
 

@@ -66,7 +66,7 @@ def decode(
     (`is_live`: a pipe, udp/srt/rtmp/...) cannot seek: UsageError unless start is 0.
     info: `probe(source)`; None probes in the same read (the only way for a live source).
     deinterlace: "auto" (when the stream is interlaced, `VideoInfo.interlaced`), "on" or
-    "off"; see `_deinterlaced`. Raises InputError for an unusable or corrupt source.
+    "off"; see `deinterlaced`. Raises InputError for an unusable or corrupt source.
     on_error: None raises InputError at the first packet that cannot be read or decoded;
     a callable gets what `ffmpeg` does by default instead: a packet that does not decode
     is skipped and a file that cannot be read further (truncated) ends the frames, each
@@ -112,8 +112,8 @@ def _frames(
             decoded = (f for f in decoded if f.pts is None or f.pts >= point.pts)
         last_pts, step = None, None
         try:
-            frames = _same_size(decoded, (info.width, info.height), index_k)
-            for frame, rotation in _deinterlaced(frames, vs, _mode(info, deinterlace)):
+            frames = same_size(decoded, (info.width, info.height), index_k)
+            for frame, rotation in deinterlaced(frames, vs, _mode(info, deinterlace)):
                 if stop is not None and index_k >= stop:
                     return
                 pts = frame.pts
@@ -216,8 +216,10 @@ def _decoded_frames(
         yield from frames
 
 
-def _to_rgb(frame: av.VideoFrame, info: VideoInfo) -> np.ndarray:
-    """YUV (or whatever the decoder gave) -> HxWx3 RGB with the source's matrix and range."""
+def to_rgb(frame: av.VideoFrame, info: VideoInfo) -> np.ndarray:
+    """YUV (or whatever the decoder gave) -> (H, W, 3) RGB with the source's matrix and
+    range: uint8 for 8-bit sources, uint16 (full 0..65535) above; FFmpeg's swscale, bicubic
+    chroma upsampling. Shared by the file decoder and `vsr.io.live`."""
     fmt = "rgb48le" if info.bit_depth > 8 else "rgb24"
     return frame.to_ndarray(
         format=fmt,
@@ -228,9 +230,9 @@ def _to_rgb(frame: av.VideoFrame, info: VideoInfo) -> np.ndarray:
 
 
 def _to_rgb_alpha(frame: av.VideoFrame, info: VideoInfo) -> tuple[np.ndarray, np.ndarray | None]:
-    """`_to_rgb`, plus the HxW alpha plane (same dtype) when the source has one."""
+    """`to_rgb`, plus the HxW alpha plane (same dtype) when the source has one."""
     if not info.alpha:
-        return _to_rgb(frame, info), None
+        return to_rgb(frame, info), None
     rgba = frame.to_ndarray(
         format="rgba64le" if info.bit_depth > 8 else "rgba",
         src_colorspace=MATRIX[info.colour.matrix],
@@ -240,7 +242,7 @@ def _to_rgb_alpha(frame: av.VideoFrame, info: VideoInfo) -> tuple[np.ndarray, np
     return np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3])
 
 
-def _same_size(frames: Iterator[av.VideoFrame], size: tuple[int, int], first: int = 0) -> Iterator[av.VideoFrame]:
+def same_size(frames: Iterator[av.VideoFrame], size: tuple[int, int], first: int = 0) -> Iterator[av.VideoFrame]:
     """Frames scaled to `size` where they differ (a resolution change midway: broadcast
     captures, joined TS), with one warning: one output file has one size, and the
     deinterlacer's filter graph is built for one size too. first: the first frame's index."""
@@ -259,7 +261,7 @@ def _same_size(frames: Iterator[av.VideoFrame], size: tuple[int, int], first: in
         yield f
 
 
-def _deinterlaced(
+def deinterlaced(
     frames: Iterator[av.VideoFrame], stream: av.video.stream.VideoStream, mode: str
 ) -> Iterator[tuple[av.VideoFrame, int]]:
     """(frame, display rotation in degrees) in order; through FFmpeg's bwdif when mode says.

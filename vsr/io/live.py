@@ -27,7 +27,7 @@ import numpy as np
 
 from vsr.errors import CodecError, InputError, OutputError
 from vsr.frame import Frame
-from vsr.io.decoder import _deinterlaced, _same_size, _to_rgb
+from vsr.io.decoder import deinterlaced, same_size, to_rgb
 from vsr.io.encoder import EncoderSettings, StreamFormat, check_encoder, configure, output_format, to_av_frame
 from vsr.io.source import VideoInfo, describe, is_url, reason, video_stream
 
@@ -121,13 +121,13 @@ class LiveInput:
     def __iter__(self) -> Iterator[Frame | Any]:
         info = self.info
         first, self._first = self._first, None
-        frames = _same_size(_chain(first, self._frames), (info.width, info.height))
+        frames = same_size(_chain(first, self._frames), (info.width, info.height))
         k = 0
         last, step = None, None  # a frame without pts gets the last one's plus the last step
         if info.rate:
             step = max(1, round(1 / (info.rate * info.time_base)))
         try:
-            for frame, rotation in _deinterlaced(frames, self._video, _mode(info, self._deinterlace)):
+            for frame, rotation in deinterlaced(frames, self._video, _mode(info, self._deinterlace)):
                 while self._pending:
                     yield self._pending.popleft()
                 pts = frame.pts
@@ -136,7 +136,7 @@ class LiveInput:
                 if pts is not None and last is not None and pts > last:
                     step = pts - last
                 last = pts
-                img = _to_rgb(frame, info)
+                img = to_rgb(frame, info)
                 turns = (int(round(rotation / 90.0)) % 4) if rotation else 0
                 if turns:
                     img = np.ascontiguousarray(np.rot90(img, turns))
