@@ -1,7 +1,8 @@
 """The noise predictor (issue 10 items 2 and 5) against Gaussian noise, through `Upscaler`.
 
     python -m benchmarks.noise_predictor --model runs/np-vsr-prior-s/model [--corpus data/corpus]
-        [--scales 2 4] [--steps 2] [--frames 8] [--json benchmarks/results/noise_predictor.json]
+        [--scales 2 4] [--steps 2] [--predictor-steps 1] [--frames 8]
+        [--json benchmarks/results/noise_predictor.json] [--mosaic benchmarks/results/mosaic]
 
 1. Fidelity on the corpus's held-out photographs (256x256 centre crops, 8-bit LR by
    antialiased bicubic, as benchmarks.prior): bicubic, bicubic + back-projection, vsr
@@ -22,6 +23,8 @@ import json
 import math
 import time
 from pathlib import Path
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -50,25 +53,97 @@ def _engines(model_dir: str, scale: float, steps: int) -> dict[str, Upscaler]:
     }
 
 
-def fidelity(model_dir: str, corpus: str, scales: list[float], steps: int, max_images: int = 16) -> dict:
+def _dat_light(scale: float) -> Callable[[np.ndarray], np.ndarray] | str:
+    """DAT-light (benchmarks.peers) at an integer scale, or why it cannot run."""
+    from benchmarks.peers import PeerUnavailable, make_peer
+
+    if scale != round(scale):
+        return "DAT-light has integer scales only"
+    try:
+        return make_peer("dat-light", int(scale), threads=torch.get_num_threads())
+    except PeerUnavailable as exc:
+        return str(exc)
+
+
+def fidelity(
+    model_dir: str, corpus: str, scales: list[float], steps: int, max_images: int = 16,
+    predictor_steps: tuple[int, ...] = (), keep: bool = False,
+) -> dict:
+    """Scores per scale (see the module docstring); with keep, also the uint8 outputs
+    under out["images"][scale][method] (lists of HxWx3) for `mosaic`."""
     hr = load_val_crops(corpus, 256, max_images)
     refs = _u8(hr * 2 - 1)
     out: dict = {"images": len(hr)}
+    kept: dict = {}
     for s in scales:
         n = round(256 / s)
         low = (resample(hr, (n, n)).clamp(0, 1) * 255).round() / 255
         up = resample(low * 2 - 1, (256, 256))
-        row = {"bicubic": _scores(_u8(up), refs, s),
-               "bicubic+bp": _scores(_u8(back_project(up, low * 2 - 1, 1)), refs, s)}
-        for name, eng in _engines(model_dir, s, steps).items():
-            if name == "vsr-fresh":
-                continue
+        imgs = {"bicubic": _u8(up), "bicubic+bp": _u8(back_project(up, low * 2 - 1, 1))}
+        row = {k: _scores(v, refs, s) for k, v in imgs.items()}
+        dat = _dat_light(s)
+        if isinstance(dat, str):
+            row["dat-light"] = {"unavailable": dat}
+        else:
+            imgs["dat-light"] = [dat(x) for x in _u8(low * 2 - 1)]
+            row["dat-light"] = _scores(imgs["dat-light"], refs, s)
+        engines = {k: v for k, v in _engines(model_dir, s, steps).items() if k != "vsr-fresh"}
+        for k in predictor_steps:
+            if k != steps:
+                engines[f"vsr-predicted-{k}step"] = _engines(model_dir, s, k)["vsr-predicted"]
+        for name, eng in engines.items():
             t0 = time.perf_counter()
             res = torch.cat([eng.upscale_tensor(low[i : i + 1]) for i in range(len(low))])
-            row[name] = {**_scores(_u8(res * 2 - 1), refs, s), "t_start": eng.timesteps_for(s)[0],
+            imgs[name] = _u8(res * 2 - 1)
+            row[name] = {**_scores(imgs[name], refs, s), "t_start": eng.timesteps_for(s)[0],
+                         "steps": len(eng.timesteps_for(s)),
                          "seconds_per_image": round((time.perf_counter() - t0) / len(low), 3)}
         out[f"{s:g}x"] = row
+        kept[f"{s:g}x"] = {**imgs, "truth": refs}
+    if keep:
+        out["images"] = kept
     return out
+
+
+MOSAIC = ("bicubic", "dat-light", "vsr-shared", "vsr-predicted", "truth")
+LABELS = {"vsr-shared": "vsr before", "vsr-predicted": "vsr now"}
+
+
+def _most_detailed(truths: list[np.ndarray], k: int) -> list[int]:
+    """Indices of the k images with the most Laplacian energy in their centre (what a
+    mosaic of detail should show; flat sky shows nothing)."""
+    import cv2
+
+    def energy(img: np.ndarray) -> float:
+        h, w = img.shape[:2]
+        c = cv2.cvtColor(img[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4], cv2.COLOR_RGB2GRAY).astype(np.float32)
+        return float(np.var(cv2.Laplacian(c, cv2.CV_32F)))
+
+    return sorted(sorted(range(len(truths)), key=lambda i: -energy(truths[i]))[:k])
+
+
+def mosaic(images: dict[str, list[np.ndarray]], picks: list[int], crop: int = 96, zoom: int = 2) -> np.ndarray:
+    """One row per picked image, one column per method of MOSAIC (those present): the
+    centre crop x crop of each output, enlarged `zoom`x by pixel repetition so detail is
+    not smoothed by the viewer, a label above each column. HxWx3 uint8 RGB."""
+    import cv2
+
+    cols = [m for m in MOSAIC if m in images]
+    rows = []
+    for i in picks:
+        tiles = []
+        for m in cols:
+            img = images[m][i]
+            y, x = (img.shape[0] - crop) // 2, (img.shape[1] - crop) // 2
+            tile = np.repeat(np.repeat(img[y : y + crop, x : x + crop], zoom, 0), zoom, 1)
+            tiles.append(np.pad(tile, ((2, 2), (2, 2), (0, 0)), constant_values=255))
+        rows.append(np.concatenate(tiles, axis=1))
+    grid = np.concatenate(rows, axis=0)
+    head = np.full((22, grid.shape[1], 3), 255, np.uint8)
+    w = grid.shape[1] // len(cols)
+    for k, m in enumerate(cols):
+        cv2.putText(head, LABELS.get(m, m), (k * w + 6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([head, grid], axis=0)
 
 
 def pan_clip(photo: torch.Tensor, frames: int, size: tuple[int, int], step=(0.5, 1.5)) -> torch.Tensor:
@@ -115,12 +190,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scales", type=float, nargs="+", default=[2.0, 4.0])
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--max-images", type=int, default=16, help="held-out photographs to score (the corpus has 9)")
     ap.add_argument("--skip-temporal", action="store_true")
+    ap.add_argument("--predictor-steps", type=int, nargs="*", default=[1],
+                    help="also score the predictor at these step counts (default 1: InvSR's one-step use)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--mosaic", help="write PREFIX-2x.png, PREFIX-4x.png: crops of bicubic, DAT-light, vsr "
+                                     "before (no predictor), vsr now, truth")
+    ap.add_argument("--mosaic-images", type=int, nargs="+",
+                    help="which held-out images (default: the three with the most detail in the truth)")
     args = ap.parse_args(argv)
-    result = {"model": args.model, "steps": args.steps,
-              "fidelity": fidelity(args.model, args.corpus, args.scales, args.steps)}
+    fid = fidelity(args.model, args.corpus, args.scales, args.steps, args.max_images, predictor_steps=tuple(args.predictor_steps),
+                   keep=bool(args.mosaic))
+    images = fid.pop("images", {})
+    result = {"model": args.model, "steps": args.steps, "fidelity": fid}
     print(json.dumps(result["fidelity"], indent=1))
+    if args.mosaic:
+        import cv2
+
+        for key, imgs in images.items():
+            picks = [i for i in args.mosaic_images or _most_detailed(imgs["truth"], 3) if i < len(imgs["truth"])]
+            path = Path(f"{args.mosaic}-{key}.png")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), mosaic(imgs, picks)[..., ::-1])
+            print(f"wrote {path}")
     if not args.skip_temporal:
         result["temporal"] = temporal(args.model, args.corpus, args.scales, args.steps, args.frames)
         print(json.dumps(result["temporal"], indent=1))

@@ -77,7 +77,7 @@ class Rungs:
     ladder: the configured steps, and the fast path only for draining after a stop."""
 
     def __init__(self, upscaler: Any, scaled: tuple[int, int], ladder: bool = True):
-        steps = int(upscaler.config.steps)
+        steps = upscaler.steps
         counts = list(range(steps, 0, -1)) if ladder else [steps]
         self.scaled = scaled
         self.engines = [upscaler.with_config(size=scaled, steps=k) for k in counts]
@@ -271,7 +271,7 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                    help=f"refuse an input or output larger than this many pixels (default {MAX_PIXELS}, 4K UHD)")
     g = parser.add_argument_group("model and quality (override --config; the ladder steps down from here)")
-    add_model_args(g, steps_help="DDIM steps of the top rung (1..50)")
+    add_model_args(g, steps_help="DDIM steps of the top rung, 1..50, or auto (default: as in vsr upscale)")
     g.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for the model (default: torch's; 1 on a machine shared with other jobs)")
     g = parser.add_argument_group("live")

@@ -27,6 +27,15 @@ def _key_value(text: str) -> tuple[str, str]:
     return k.strip(), v.strip()
 
 
+def _steps(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in 1..50 or 'auto', got {text!r}") from None
+
+
 def _noise_level(text: str) -> float | str:
     if text == "auto":
         return text
@@ -49,12 +58,16 @@ def add_size_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     return g
 
 
-def add_model_args(g: argparse._ArgumentGroup, steps_help: str = "DDIM steps after noise injection (1..50)") -> None:
+def add_model_args(
+    g: argparse._ArgumentGroup,
+    steps_help: str = "DDIM steps after noise injection, 1..50, or auto (default): the count the model's noise "
+                      "predictor was calibrated for, 2 without one",
+) -> None:
     """The engine options `vsr upscale` and `vsr stream` share (they override --config;
     `engine_config_from_args` reads them)."""
     g.add_argument("--config", metavar="FILE", help="engine config YAML, or a preset name from configs/presets/")
     g.add_argument("--model", help="model folder or hub id (default: the shipped prior)")
-    g.add_argument("--steps", type=int, help=steps_help)
+    g.add_argument("--steps", type=_steps, help=steps_help)
     g.add_argument("--noise-level", type=_noise_level, help="t/T in (0, 1), or auto (the model's PRF curve)")
     g.add_argument("--consistency", type=int, metavar="N",
                    help="back-projection passes per step so the output downscales to the input (default 1; 0 = off)")

@@ -6,7 +6,7 @@ from vsr.errors import ConfigError
 
 def test_defaults_are_valid_and_round_trip_through_dict():
     cfg = EngineConfig()
-    assert cfg.model is None and cfg.steps == 2 and cfg.noise == "shared" and cfg.noise_level == "auto"
+    assert cfg.model is None and cfg.steps == "auto" and cfg.noise == "shared" and cfg.noise_level == "auto"
     assert EngineConfig.from_dict(cfg.to_dict()) == cfg
     full = EngineConfig(size=(1920, 1080), timesteps=[200, 100, 50], noise_level=0.3)
     assert full.size == (1920, 1080) and full.timesteps == (200, 100, 50)

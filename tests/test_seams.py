@@ -12,7 +12,7 @@ from tests.conftest import build_tiny_model_dir
 from tests.media import moving_picture
 from vsr.config import EngineConfig
 from vsr.engine import Upscaler
-from vsr.errors import ConfigError
+from vsr.errors import ConfigError, ModelError
 from vsr.frame import Frame
 from vsr.methods import METHODS
 from vsr.models import load_model
@@ -102,7 +102,7 @@ def test_the_card_picks_the_method(tmp_path):
         del METHODS["traced-test"]
 
 
-def _with_predictor(folder, *, t=(0.05, 0.1)):
+def _with_predictor(folder, *, t=(0.05, 0.1), steps=None):
     """A tiny model folder with a noise_predictor/ (non-zero output) and its card entry."""
     from vsr.models.noise_predictor import NoisePredictor
 
@@ -112,7 +112,7 @@ def _with_predictor(folder, *, t=(0.05, 0.1)):
     torch.nn.init.normal_(net.tail.weight, std=0.05)
     net.save_pretrained(folder / "noise_predictor")
     card = yaml.safe_load((folder / "model_card.yaml").read_text())
-    card["noise_predictor"] = {"scales": [2, 4], "t": list(t), "mix": 0.0}
+    card["noise_predictor"] = {"scales": [2, 4], "t": list(t), "mix": 0.0, **({"steps": steps} if steps else {})}
     (folder / "model_card.yaml").write_text(yaml.safe_dump(card))
     return folder
 
@@ -132,6 +132,28 @@ def test_a_model_with_a_noise_predictor_uses_it_unless_turned_off(tmp_path):
     assert np.array_equal(a, on(img))  # deterministic
     plain = Upscaler.from_pretrained(build_tiny_model_dir(tmp_path / "plain"), scale=2, steps=1, dtype="float32")
     assert np.array_equal(b, plain(img))  # off is exactly plain Diff-SR
+
+
+def test_steps_auto_runs_the_count_the_predictor_was_calibrated_for(tmp_path):
+    d = _with_predictor(tmp_path / "np", steps=1)
+    auto = Upscaler.from_pretrained(str(d), scale=2, dtype="float32")  # steps: auto, the default
+    assert auto.config.steps == "auto" and auto.steps == 1 and auto.timesteps_for(2.0) == (50,)
+    assert auto.with_config(steps=3).timesteps_for(2.0) == (50, 33, 17)  # an explicit count wins
+    off = auto.with_config(noise_predictor="off")
+    assert off.steps == 2 and off.timesteps_for(2.0) == (200, 100)  # plain Diff-SR: 2 steps, the card's PRF
+    uncalibrated = Upscaler.from_pretrained(str(_with_predictor(tmp_path / "np2")), scale=2, dtype="float32")
+    assert uncalibrated.steps == 2  # a card entry without steps: the default count
+    assert Upscaler(auto.model, EngineConfig(scale=2), noise=RecordingSource()).steps == 2  # no calibrated_steps()
+    bad = _with_predictor(tmp_path / "np3", steps=99)
+    with pytest.raises(ModelError, match="steps"):
+        Upscaler.from_pretrained(str(bad), scale=2, dtype="float32").noise
+    from vsr.cli import build_parser
+    from vsr.pipelines.upscale_cli import engine_config_from_args
+
+    args = build_parser("upscale").parse_args(["upscale", "in.mp4", "out.mp4", "--steps", "auto"])
+    assert engine_config_from_args(args).steps == "auto"
+    args = build_parser("upscale").parse_args(["upscale", "in.mp4", "out.mp4", "--steps", "3"])
+    assert engine_config_from_args(args).steps == 3
 
 
 def test_noise_predictor_flag_reaches_the_engine_config():

@@ -70,7 +70,7 @@ class EngineConfig:
     model: str | None = None
     size: tuple[int, int] | None = None
     scale: float | None = None
-    steps: int = 2
+    steps: int | Literal["auto"] = "auto"
     timesteps: tuple[int, ...] | None = None
     noise_level: float | Literal["auto"] = "auto"
     consistency: int = 1
@@ -106,8 +106,8 @@ class EngineConfig:
             set_(self, "scale", float(self.scale))
         if self.size is not None and self.scale is not None:
             raise ConfigError("config fields 'size' and 'scale' are exclusive: give one of them")
-        if not _is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS:
-            _fail("steps", self.steps, f"an integer in 1..{MAX_STEPS}")
+        if self.steps != "auto" and (not _is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS):
+            _fail("steps", self.steps, f"'auto' or an integer in 1..{MAX_STEPS}")
         if self.timesteps is not None:
             ts = self.timesteps
             if _is_int(ts):

@@ -36,6 +36,7 @@ from vsr.noise import NoiseContext, NoiseSource, NoiseState, make_noise
 log = logging.getLogger(__name__)
 
 DEFAULT_SCALE = 2.0
+DEFAULT_STEPS = 2  # DDIM steps of plain Diff-SR under `steps: auto` (the PRF is calibrated at 2)
 GROUP_PIXELS = 3840 * 2160  # output pixels `stream` holds per group (memory bound)
 
 
@@ -176,7 +177,16 @@ class Upscaler:
         if level is None:
             card = self.model.card
             level = prf_noise_level(scale, card.prf_scales, card.prf_t)
-        return timestep_set(float(level), self.config.steps, T)
+        return timestep_set(float(level), self.steps, T)
+
+    @property
+    def steps(self) -> int:
+        """DDIM steps per frame: the config's, or under "auto" the count the noise source
+        was calibrated for (a noise predictor's card), else DEFAULT_STEPS."""
+        if self.config.steps != "auto":
+            return int(self.config.steps)
+        calibrated = getattr(self.noise, "calibrated_steps", None)  # optional for third-party sources
+        return int((calibrated() if calibrated else None) or DEFAULT_STEPS)
 
     # -- the maths on tensors -----------------------------------------------------
     @property

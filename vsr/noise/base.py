@@ -63,8 +63,12 @@ class NoiseSource(Protocol):
 
     `noise_level(scale)` returns the t/T the source was calibrated for at an upscaling
     factor, or None to use the model card's PRF curve (the Gaussian sources).
+    `calibrated_steps()` returns the DDIM step count that calibration is for (what
+    `steps: auto` runs), or None for the engine's default (2).
     """
 
     def __call__(self, ctx: NoiseContext) -> torch.Tensor: ...
 
     def noise_level(self, scale: float) -> float | None: ...
+
+    def calibrated_steps(self) -> int | None: ...

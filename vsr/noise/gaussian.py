@@ -45,6 +45,9 @@ class SharedNoise:
     def noise_level(self, scale: float) -> float | None:
         return None
 
+    def calibrated_steps(self) -> int | None:
+        return None
+
     def __getstate__(self) -> dict:
         return {"seed": self.seed}
 
@@ -67,4 +70,7 @@ class FreshNoise:
         return torch.stack([self.field(i, *ctx.size) for i in ctx.frame_indices])
 
     def noise_level(self, scale: float) -> float | None:
+        return None
+
+    def calibrated_steps(self) -> int | None:
         return None

@@ -41,7 +41,8 @@ class PredictedNoise:
     """eps = f(x_up, t_start) [+ mix * base field], (N, 3, H, W) float32 on ctx's device.
 
     predictor: a `NoisePredictor`; scales/levels: its calibrated start t/T per upscaling
-    factor (None: use the model card's PRF); mix >= 0: std of the Gaussian field added
+    factor (None: use the model card's PRF); steps: the DDIM step count they were
+    calibrated for (what the engine runs under `steps: auto`); mix >= 0: std of the Gaussian field added
     (needs `base`); max_pixels: frames larger than this are predicted in overlapping
     tiles of `tile` (blended, `vsr.core.tiling.apply_tiled`) to bound memory; source:
     the model folder it came from (pickling keeps only that path).
@@ -59,9 +60,12 @@ class PredictedNoise:
         tile: int = 1024,
         overlap: int = 64,
         source: str | None = None,
+        steps: int | None = None,
     ):
         if (scales is None) != (levels is None) or (scales is not None and len(scales) != len(levels or ())):
             raise ModelError("noise predictor: scales and t must both be given, with equal lengths")
+        if steps is not None and (isinstance(steps, bool) or int(steps) != steps or not 1 <= steps <= 50):
+            raise ModelError(f"noise predictor: steps must be an integer in 1..50, got {steps!r}")
         if mix < 0 or (mix > 0 and base is None):
             raise ModelError("noise predictor: mix must be >= 0 and needs a base noise source when > 0")
         r = int(predictor.config.pixel_unshuffle)
@@ -71,6 +75,7 @@ class PredictedNoise:
         self.scales = tuple(float(s) for s in scales) if scales is not None else None
         self.levels = tuple(float(v) for v in levels) if levels is not None else None
         self.mix = float(mix)
+        self.steps = int(steps) if steps is not None else None
         self.base = base
         self.max_pixels, self.tile, self.overlap = int(max_pixels), int(tile), int(overlap)
         self.source = source
@@ -82,6 +87,10 @@ class PredictedNoise:
         if self.scales is None:
             return None
         return prf_noise_level(scale, self.scales, self.levels)
+
+    def calibrated_steps(self) -> int | None:
+        """The DDIM steps the start t was calibrated for (the card's `steps`), or None."""
+        return self.steps
 
     def __call__(self, ctx: NoiseContext) -> torch.Tensor:
         """(N, 3, H, W) float32: one prediction per frame, whatever the batch."""
@@ -160,7 +169,7 @@ def load_noise_predictor(
 
     model: a `LoadedModel` (its `source` folder and card are used) or a model folder.
     The predictor lives in `FOLDER/noise_predictor/` (diffusers `save_pretrained`); its
-    calibration in the card's `noise_predictor:` key (scales, t, mix), taken from
+    calibration in the card's `noise_predictor:` key (scales, t, steps, mix), taken from
     `card` if given, else the LoadedModel's card, else `FOLDER/model_card.yaml`. A card
     without the key gives a source whose `noise_level` is None (the PRF decides).
     base: the Gaussian source `mix` draws from (needed only when mix > 0).
@@ -190,7 +199,8 @@ def load_noise_predictor(
         scales = levels = None
     try:
         return PredictedNoise(
-            net, scales=scales, levels=levels, mix=float(entry.get("mix", 0.0)), base=base, source=str(folder)
+            net, scales=scales, levels=levels, mix=float(entry.get("mix", 0.0)), base=base, source=str(folder),
+            steps=entry.get("steps") if scales is not None else None,
         )
     except (TypeError, ValueError) as exc:
         raise ModelError(f"model card key '{CARD_KEY}' is invalid: {exc}") from None
