@@ -22,6 +22,7 @@ import torch
 from vsr.config import EngineConfig
 from vsr.engine import Upscaler
 from vsr.models import cpu_supports_bf16
+from vsr.noise.predicted import PredictedNoise
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -67,9 +68,12 @@ def ms_per_tile(up: Upscaler, dtype: str, batch: int, repeats: int) -> tuple[flo
     return (time.perf_counter() - t0) / n * 1000, (time.process_time() - c0) / n * 1000
 
 
-def frame_seconds(up: Upscaler, steps: int, frame: np.ndarray) -> tuple[float, float, float]:
-    """(wall seconds for one 1080p output frame, CPU seconds, share of wall time outside the UNet)."""
-    u = up.with_config(steps=steps, size=(1920, 1080), noise_level=0.2)
+def frame_seconds(
+    up: Upscaler, steps: int, frame: np.ndarray, noise_predictor: str = "off"
+) -> tuple[float, float, float]:
+    """(wall seconds for one 1080p output frame, CPU seconds, share of wall time outside
+    the UNet: a noise predictor counts as outside)."""
+    u = up.with_config(steps=steps, size=(1920, 1080), noise_level=0.2, noise_predictor=noise_predictor)
     den = u.denoiser()
     timed = TimedNet(den.net)
     den.net = timed
@@ -110,10 +114,16 @@ def main(argv: list[str] | None = None) -> int:
         tiles = up.tiles_per_frame(1080, 1920)
         print(f"tiles per 1080p frame (overlap {up.overlap}): {tiles}")
         frame = (np.random.default_rng(0).random((540, 960, 3)) * 255).astype(np.uint8)
-        frame_seconds(up, 1, frame)  # warm-up: the blend plan for 1080p is cached per frame size
+        with_np = isinstance(up.with_config(noise_predictor="auto").noise, PredictedNoise)
+        predictor = ("off", "auto") if with_np else ("off",)
+        for np_mode in predictor:
+            frame_seconds(up, 1, frame, np_mode)  # warm-up: the blend plan for 1080p is cached per frame size
         for steps in args.steps:
-            sec, cpu, outside = frame_seconds(up, steps, frame)
-            print(f"1080p frame, {steps} step(s), {auto}: {sec:7.2f} s wall, {cpu:7.2f} s CPU, outside the model: {outside:6.1%}")
+            for np_mode in predictor:
+                sec, cpu, outside = frame_seconds(up, steps, frame, np_mode)
+                label = " + noise predictor" if np_mode == "auto" else ""
+                print(f"1080p frame, {steps} step(s){label}, {auto}: {sec:7.2f} s wall, {cpu:7.2f} s CPU, "
+                      f"outside the model: {outside:6.1%}")
     return 0
 
 

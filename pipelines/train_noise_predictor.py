@@ -190,12 +190,15 @@ def export(
     checkpoint: str | Path, out_dir: str | Path, *, prior: str | None = None, do_calibrate: bool = False,
     corpus: str | None = None, mix: float = 0.0, val_max_images: int = 16,
     scales: tuple[float, ...] = CALIBRATION_SCALES, grid: tuple[float, ...] = CALIBRATION_GRID,
+    steps: int | None = None,
 ) -> Path:
     """Write a model folder: the prior (unet/, scheduler/, copied from `prior`, default
     the run's) plus `noise_predictor/` (EMA weights, fp32 safetensors) and a
     model_card.yaml with the `noise_predictor:` key (scales, t, mix, provenance). With
     do_calibrate the start t per scale is measured on the corpus's held-out crops
-    (`calibrate`); otherwise the key has no scales/t and the PRF decides."""
+    (`calibrate`) for `steps` DDIM steps (default: the run's val_steps), and the key's
+    `steps` records that count (what the engine runs under `steps: auto`); otherwise the
+    key has no scales/t and the PRF decides."""
     from vsr.models import load_model, resolve_model
     from vsr.models.card import ModelCard
     from vsr.models.noise_predictor import SUBFOLDER, count_macs
@@ -216,10 +219,12 @@ def export(
     entry: dict = {"mix": float(mix)}
     if do_calibrate:
         hr = load_val_crops(corpus or cfg.corpus, cfg.val_crop, val_max_images)
-        cal, scores = calibrate(net, load_model(str(out)), hr, scales=scales, grid=grid, steps=cfg.val_steps,
+        steps = int(steps or cfg.val_steps)
+        cal, scores = calibrate(net, load_model(str(out)), hr, scales=scales, grid=grid, steps=steps,
                                 consistency=cfg.consistency, device=cfg.device)
         entry.update(cal)
-        entry["calibration"] = {"steps": cfg.val_steps, "images": int(len(hr)), "crop": cfg.val_crop,
+        entry["steps"] = steps
+        entry["calibration"] = {"steps": steps, "images": int(len(hr)), "crop": cfg.val_crop,
                                 "grid": [float(g) for g in grid], "scores": scores,
                                 "rule": "lowest GMSD within 0.1 dB of the best Y-PSNR (held-out crops, 8-bit "
                                         "antialiased-bicubic input)"}
@@ -256,6 +261,8 @@ def add_cli(sub) -> None:
     e.add_argument("--scales", type=float, nargs="+", default=list(CALIBRATION_SCALES), help="scales to calibrate")
     e.add_argument("--grid", type=float, nargs="+", default=list(CALIBRATION_GRID), help="start t/T to try")
     e.add_argument("--max-images", type=int, default=16, help="held-out images to calibrate on")
+    e.add_argument("--steps", type=int, choices=range(1, 51), metavar="N",
+                   help="DDIM steps to calibrate for, recorded as the card's default count (default: the run's val_steps)")
 
 
 def run_cli(args) -> int:
@@ -263,6 +270,7 @@ def run_cli(args) -> int:
         if not Path(args.checkpoint).exists():
             raise InputError(f"checkpoint not found: {args.checkpoint}")
         print(export(args.checkpoint, args.out, prior=args.prior, do_calibrate=args.calibrate, corpus=args.corpus,
-                     mix=args.mix, val_max_images=args.max_images, scales=tuple(args.scales), grid=tuple(args.grid)))
+                     mix=args.mix, val_max_images=args.max_images, scales=tuple(args.scales), grid=tuple(args.grid),
+                     steps=args.steps))
         return 0
     return run_training(args, PredictorTrainConfig, train)

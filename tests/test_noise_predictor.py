@@ -287,6 +287,23 @@ def test_validation_and_export(tmp_path):
     assert isinstance(src, PredictedNoise) and src.noise_level(2) is None  # not calibrated: the PRF decides
     assert torch.equal(torch.cat([p.flatten() for p in src.predictor.parameters()]),
                        torch.cat([p.flatten() for p in trainer.ema_net().parameters()]))
+    # calibrated for one step on held-out photographs: the card records the start t per
+    # scale and the step count, which `steps: auto` then runs
+    from PIL import Image
+
+    val_dir = tmp_path / "corpus" / "images" / "val"
+    val_dir.mkdir(parents=True)
+    for i, crop in enumerate(textured_crops(n=2, size=48, seed=3)):
+        Image.fromarray(crop.transpose(1, 2, 0)).save(val_dir / f"{i}.png")
+    out = tnp.export(tmp_path / "run" / "last.pt", tmp_path / "calibrated", do_calibrate=True,
+                     corpus=str(tmp_path / "corpus"), scales=(2.0, 4.0), grid=(0.02, 0.1), steps=1)
+    entry = yaml.safe_load((out / "model_card.yaml").read_text())["noise_predictor"]
+    assert entry["steps"] == 1 and entry["calibration"]["steps"] == 1 and entry["scales"] == [2.0, 4.0]
+    assert set(entry["t"]) <= {0.02, 0.1}
+    from vsr.engine import Upscaler
+
+    up = Upscaler.from_pretrained(str(out), scale=2, dtype="float32")
+    assert up.steps == 1 and up.timesteps_for(2.0) == (round(entry["t"][0] * 1000),)
 
 
 def test_config_errors_name_the_field(tmp_path):
