@@ -10,6 +10,7 @@
 """
 from vsr.io.decoder import DEINTERLACE, decode
 from vsr.io.encoder import (
+    CRF_RANGES,
     X26X_PRESETS,
     EncoderSettings,
     StreamFormat,
@@ -29,7 +30,7 @@ from vsr.io.segments import MAGIC, SegmentWriter, file_sha256, read_segment
 from vsr.io.source import DEFAULT_RATE, HDR10, Colour, StreamInfo, VideoInfo, has_alpha, is_live, is_url, probe
 
 __all__ = [
-    "DEFAULT_RATE", "DEINTERLACE", "HDR10", "MAGIC", "X26X_PRESETS", "Colour", "EncoderSettings", "FrameIndex", "SeekPoint",
+    "CRF_RANGES", "DEFAULT_RATE", "DEINTERLACE", "HDR10", "MAGIC", "X26X_PRESETS", "Colour", "EncoderSettings", "FrameIndex", "SeekPoint",
     "SegmentWriter", "StreamFormat", "StreamInfo", "VideoInfo", "assemble", "check_codec", "check_encoder",
     "check_encoder_opens", "check_output", "decode", "alpha_format", "has_alpha", "holds_alpha", "file_sha256", "is_live", "is_url", "needs_global_header",
     "probe", "read_segment", "route_ffmpeg_logs", "scan", "ten_bit_format", "video_encoders",

@@ -13,7 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from vsr.errors import CodecError, OutputError
+from vsr.errors import CodecError, UsageError
 from vsr.frame import Frame
 from vsr.io.source import HDR10, MATRIX, Colour, has_alpha, reason
 
@@ -118,7 +118,14 @@ def check_codec(name: str) -> None:
         common = [c for c in ("libx264", "libx265", "libsvtav1", "libvpx-vp9", "mpeg4", "ffv1") if c in have]
         raise CodecError(f"unknown encoder {name!r}: try one of {', '.join(common)}") from exc
     if codec.type != "video":
-        raise CodecError(f"{name!r} is a {codec.type} encoder, not a video one")
+        article = "an" if codec.type[:1] in ("a", "e", "i", "o", "u") else "a"
+        raise CodecError(f"{name!r} is {article} {codec.type} encoder, not a video one")
+
+
+# --crf ranges of the encoders that take one (their own limits: x264 and x265 0-51, the
+# AV1 and VP9 encoders 0-63, VP8 4-63); a value outside is refused, not clamped.
+CRF_RANGES = {"libx264": (0, 51), "libx265": (0, 51), "libsvtav1": (0, 63), "libaom-av1": (0, 63),
+              "libvpx-vp9": (0, 63), "libvpx": (4, 63)}
 
 
 # x264/x265 check a preset name before FFmpeg's log callback is in place, so a bad one
@@ -179,13 +186,38 @@ def needs_global_header(dst: str | os.PathLike) -> bool:
     return bool(int(fmt.flags) & av.format.Flags.global_header.value)
 
 
+# Containers that cannot keep a video's timestamps: AVI stores one tick per frame at a
+# constant rate and no presentation order (B-frames, a variable frame rate and a source
+# time base like 1/90000 all come out wrong).
+_NO_TIMESTAMPS = {"avi": "AVI stores neither presentation timestamps nor a variable frame rate"}
+
+
 def output_format(dst: str | os.PathLike) -> av.format.ContainerFormat:
+    """The container for `dst` by its extension; UsageError (a bad argument) when the
+    extension names none, or a container that cannot keep the video's timestamps."""
     ext = Path(dst).suffix.lower().lstrip(".")
-    names = {"mkv": "matroska", "mov": "mov", "mp4": "mp4", "m4v": "mp4", "webm": "webm", "ts": "mpegts", "avi": "avi"}
+    names = {"mkv": "matroska", "mov": "mov", "mp4": "mp4", "m4v": "mp4", "webm": "webm", "ts": "mpegts"}
+    if ext in _NO_TIMESTAMPS:
+        raise UsageError(f"vsr does not write .{ext} files ({_NO_TIMESTAMPS[ext]}): end OUT with .mkv, .mp4 or .mov")
     try:
         return av.format.ContainerFormat(names.get(ext, ext), "w")
     except Exception as exc:  # noqa: BLE001
-        raise OutputError(f"cannot tell the container format from {Path(dst).name!r}: end OUT with .mp4, .mkv or .mov") from exc
+        raise UsageError(f"cannot tell the container format from {Path(dst).name!r}: end OUT with .mp4, .mkv or .mov") from exc
+
+
+# MPEG-TS has no codec query in FFmpeg (PyAV's `supported_codecs` lists only its default
+# codecs there, MPEG-2 video and MP2 audio): what its muxer takes, from libavformat/mpegtsenc.c
+MPEGTS_CODECS = frozenset({
+    "aac", "aac_latm", "mp1", "mp2", "mp3", "ac3", "eac3", "dts", "truehd", "opus", "s302m",
+    "dvb_subtitle", "dvb_teletext", "arib_caption", "smpte_klv", "timed_id3", "scte_35",
+})
+
+
+def storable_codecs(out: av.container.OutputContainer) -> set[str]:
+    """The codec names `out`'s muxer can store: FFmpeg's codec query, plus what the
+    MPEG-TS muxer takes though its query does not say so (`MPEGTS_CODECS`)."""
+    extra = MPEGTS_CODECS if out.format.name == "mpegts" else frozenset()
+    return set(out.supported_codecs) | extra
 
 
 @dataclass(frozen=True)

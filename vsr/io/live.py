@@ -28,7 +28,15 @@ import numpy as np
 from vsr.errors import CodecError, InputError, OutputError
 from vsr.frame import Frame
 from vsr.io.decoder import deinterlaced, same_size, to_rgb
-from vsr.io.encoder import EncoderSettings, StreamFormat, check_encoder, configure, output_format, to_av_frame
+from vsr.io.encoder import (
+    EncoderSettings,
+    StreamFormat,
+    check_encoder,
+    configure,
+    output_format,
+    storable_codecs,
+    to_av_frame,
+)
 from vsr.io.source import VideoInfo, describe, is_url, reason, video_stream
 
 log = logging.getLogger(__name__)
@@ -39,14 +47,6 @@ SCHEME_FORMATS = {
     "srt": "mpegts", "udp": "mpegts", "tcp": "mpegts", "unix": "mpegts", "pipe": "mpegts",
     "http": "mpegts", "https": "mpegts", "rtp": "rtp_mpegts", "rtsp": "rtsp",
 }
-# MPEG-TS has no codec query in FFmpeg (PyAV's `supported_codecs` lists only its
-# defaults there): what its muxer takes, from libavformat/mpegtsenc.c
-MPEGTS_COPY = {
-    "aac", "aac_latm", "mp1", "mp2", "mp3", "ac3", "eac3", "dts", "truehd", "opus", "s302m",
-    "dvb_subtitle", "dvb_teletext", "arib_caption", "smpte_klv", "timed_id3", "scte_35",
-}
-
-
 def live_format(destination: str, format: str | None = None) -> str:
     """The container for `destination`: `format` if given, else by scheme (FLV for RTMP,
     MPEG-TS for SRT/UDP/TCP/HTTP and pipes, RTSP for rtsp://), else by file extension
@@ -293,7 +293,7 @@ class LiveOutput:
                 raise CodecError(f"{settings.codec} cannot go into {self.format_name}: {exc}") from exc
             configure(self._video.codec_context, self._fmt)
             self._video.time_base = info.time_base
-            supported = set(self._c.supported_codecs) | (MPEGTS_COPY if self.format_name == "mpegts" else set())
+            supported = storable_codecs(self._c)
             self._copies: dict[int, Any] = {}
             for ist in source.copied:
                 cc = ist.codec_context

@@ -19,7 +19,7 @@ from typing import Any
 import av
 
 from vsr.errors import CodecError, OutputError
-from vsr.io.encoder import StreamFormat, configure, output_format
+from vsr.io.encoder import StreamFormat, configure, output_format, storable_codecs
 from vsr.io.segments import read_segment
 from vsr.io.source import VideoInfo, open_input, reason
 
@@ -53,7 +53,7 @@ def _start_output(inp: av.container.InputContainer, info: VideoInfo, fmt: Stream
         for k, v in inp.metadata.items():
             if k.lower() not in _REGENERATED:
                 out.metadata[k] = v
-        supported = out.supported_codecs
+        supported = storable_codecs(out)
         for ist in inp.streams:
             if ist.index == info.video_index:
                 try:
@@ -118,7 +118,7 @@ _AUDIO_CODEC_NAMES = {"libopus": "opus", "libvorbis": "vorbis", "mp3": "mp3", "l
 
 def _audio_encoder(out: av.container.OutputContainer) -> str | None:
     """The encoder to re-encode audio with for `out`'s container (None: none fits)."""
-    supported = out.supported_codecs
+    supported = storable_codecs(out)
     for name in _AUDIO_ENCODERS:
         if name in av.codecs_available and (name in supported or _AUDIO_CODEC_NAMES.get(name) in supported):
             return name
