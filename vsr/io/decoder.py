@@ -57,8 +57,14 @@ def decode(
     is applied (np.rot90 counter-clockwise), the SAR is not (see `vsr.targets`).
     pts/time_base: the decoder's presentation timestamps, verbatim (VFR survives);
     frames without pts get one extrapolated from the previous frame, or (a stream without
-    timestamps, e.g. raw .h264) frame k gets k / rate seconds, 25 fps when none is known. index: 0, 1, 2, ...
-    in display order, the same whatever `start` is.
+    timestamps, e.g. raw .h264) frame k gets k / rate seconds, 25 fps when none is known.
+    A pts that is not above the previous frame's (a muxer that wrote every frame at 0, a
+    clock that restarts) is renumbered to the previous pts plus the last frame spacing
+    (1 / rate when none is known yet), with one warning: what ffmpeg's decoder does for a
+    frame without pts (`last_frame_pts + last_frame_duration_est` in fftools/ffmpeg_dec.c),
+    and, as its muxer does for non-monotonic DTS ("changing to ..." in ffmpeg_mux.c), it
+    keeps going with strictly increasing timestamps, which every encoder and muxer needs.
+    index: 0, 1, 2, ... in display order, the same whatever `start` is.
     start: seek to the last keyframe at or before it (before `start - WARMUP` when
     deinterlacing), decode from there and drop the frames before `start` unconverted.
     Needs `index` (`vsr.io.scan(source)`, built here when None); where the index says
@@ -110,7 +116,7 @@ def _frames(
         if point is not None:  # an open GOP's leading pictures: decoded from missing references
             index_k = point.frame
             decoded = (f for f in decoded if f.pts is None or f.pts >= point.pts)
-        last_pts, step = None, None
+        last_pts, step, renumbered = None, None, False
         try:
             frames = same_size(decoded, (info.width, info.height), index_k)
             for frame, rotation in deinterlaced(frames, vs, _mode(info, deinterlace)):
@@ -121,7 +127,15 @@ def _frames(
                     tb = frame.time_base or info.time_base
                     tick = 1 / ((info.rate or DEFAULT_RATE) * tb)
                     pts = last_pts + (step or max(1, round(tick))) if last_pts is not None else round(index_k * tick)
-                if pts is not None and last_pts is not None and pts > last_pts:
+                if last_pts is not None and pts <= last_pts:  # see `decode`: made strictly increasing
+                    tb = frame.time_base or info.time_base
+                    fixed = last_pts + (step or max(1, round(1 / ((info.rate or DEFAULT_RATE) * tb))))
+                    if not renumbered:
+                        log.warning("%s: frame %d has pts %d, not after the previous frame's %d: renumbered to %d "
+                                    "(and so on for the next such frames)", os.fspath(source), index_k, pts, last_pts,
+                                    fixed)
+                    renumbered, pts = True, fixed
+                elif last_pts is not None:
                     step = pts - last_pts
                 if point is not None and (index_k >= len(index) or pts != index.pts[index_k]):
                     raise InputError(
