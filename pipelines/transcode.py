@@ -4,8 +4,9 @@ The job reads top to bottom (`upscale_video`):
 1. probe the input once (`vsr.io.probe`) and plan the output size (`vsr.targets`);
 2. check everything a user can get wrong before any work: the encoder and its options,
    the output container, the output path;
-3. open the job's journal in a work folder beside OUT (`.OUT.vsr-tmp/`; `--resume`
-   continues an interrupted run of the same options after its last finished segment);
+3. take the work folder beside OUT (`.OUT.vsr-tmp/`, one process at a time) before the
+   model loads, and open the job's journal in it (`--resume` continues an interrupted run
+   of the same options after its last finished segment);
 4. run the frames not done yet as one chunk (`vsr.jobs.run_chunk`: decode by seeking,
    engine, segment files), journalling each segment as soon as it is durable;
 5. `vsr.io.assemble` writes the final container inside the work folder (the segments'
@@ -44,6 +45,7 @@ from vsr.jobs import (
     temp_dir_for,
 )
 from vsr.jobs.journal import interrupted_header
+from vsr.jobs.lock import lock_work_folder
 from vsr.pipelines.preview import _preview
 from vsr.pipelines.transcode_parts import (  # noqa: F401 - re-exported: their old home
     SEGMENT_SECONDS,
@@ -57,6 +59,7 @@ from vsr.pipelines.transcode_parts import (  # noqa: F401 - re-exported: their o
     default_segment_frames,
     deferred_interrupts,
     frame_span,
+    present_frames,
     shortfall,
 )
 from vsr.targets import parse_size, plan_output
@@ -138,7 +141,7 @@ def upscale_video(
         except TypeError as exc:
             raise UsageError(f"encode: {exc}; fields are {', '.join(f.name for f in dataclasses.fields(EncodeOptions))}") from None
     settings = (encode or EncodeOptions()).settings(info)
-    check_output_path(source, dst, overwrite)
+    check_output_path(source, dst, overwrite, resume)
     fmt = io.StreamFormat(
         settings=settings,
         width=plan.out[0],
@@ -151,7 +154,10 @@ def upscale_video(
     )
     io.check_encoder_opens(fmt)
     io.check_output(source, info, fmt, dst)
-    declared = (span[1] - span[0]) if span[1] is not None else info.frames
+    if span[1] is not None:
+        declared, ends_early = span[1] - span[0], False
+    else:
+        declared, ends_early, index = present_frames(source, info, index)
     if segment_frames is None:
         old = interrupted_header(temp_dir_for(dst)) if resume else None
         segment_frames = old.get("segment_frames") if old else None
@@ -159,35 +165,42 @@ def upscale_video(
             segment_frames = default_segment_frames(info, declared)
     if segment_frames < 1:
         raise UsageError(f"--segment-frames must be at least 1, got {segment_frames}")
-    up = upscaler if upscaler is not None else build_upscaler(model, config)
-    up = up.with_config(size=plan.scaled)
-    runtime = None
-    if runner is not None and runner != "local":  # the workers resolve --device/--dtype, not this machine
-        from vsr.pipelines.ray_runner import resolve_runner
-
-        runner = resolve_runner(runner)
-        runtime = runner.runtime(up)
-    elif callable(getattr(up, "denoiser", None)):
-        # resolve --device/--dtype once, now: a bad one fails before the work folder exists, and
-        # the journal records what "auto" became, so a resume cannot mix precisions in one file
-        den = up.denoiser()
-        runtime = runtime_record(den.device, den.dtype)
-    # 3. the journal: a fresh one, or the interrupted run's (same options only)
-    header = {
-        "version": JOURNAL_VERSION,
-        "source": source_fingerprint(source),
-        "plan": dataclasses.asdict(plan),
-        "deinterlace": deinterlace,
-        "encoder": dataclasses.asdict(settings),
-        "engine": _engine_record(up),
-        "segment_frames": segment_frames,
-        "span": list(span),
-        "output": dst.name,
-        "runtime": runtime,
-    }
-    header = json.loads(json.dumps(header, default=str))  # tuples -> lists, as read back
+    # 3. the work folder, taken before the model loads (a second run on this OUT is refused at
+    #    once, before it touches the device); then the journal: a fresh one, or the
+    #    interrupted run's (same options only)
     folder = temp_dir_for(dst)
-    state = open_journal(folder, header, resume=resume, overwrite=overwrite)
+    lock, _ = lock_work_folder(folder)
+    try:
+        up = upscaler if upscaler is not None else build_upscaler(model, config)
+        up = up.with_config(size=plan.scaled)
+        runtime = None
+        if runner is not None and runner != "local":  # the workers resolve --device/--dtype, not this machine
+            from vsr.pipelines.ray_runner import resolve_runner
+
+            runner = resolve_runner(runner)
+            runtime = runner.runtime(up)
+        elif callable(getattr(up, "denoiser", None)):
+            # resolve --device/--dtype once, now: a bad one fails before any work, and the journal
+            # records what "auto" became, so a resume cannot mix precisions in one file
+            den = up.denoiser()
+            runtime = runtime_record(den.device, den.dtype)
+        header = {
+            "version": JOURNAL_VERSION,
+            "source": source_fingerprint(source),
+            "plan": dataclasses.asdict(plan),
+            "deinterlace": deinterlace,
+            "encoder": dataclasses.asdict(settings),
+            "engine": _engine_record(up),
+            "segment_frames": segment_frames,
+            "span": list(span),
+            "output": dst.name,
+            "runtime": runtime,
+        }
+        header = json.loads(json.dumps(header, default=str))  # tuples -> lists, as read back
+        state = open_journal(folder, header, resume=resume, overwrite=overwrite, lock=lock)
+    except BaseException:
+        lock.abandon()  # a folder this run made goes with it: nothing was done
+        raise
     damage: list[str] = []  # what the decoder skipped (damaged input), in its words
     try:  # the work folder stays locked until the job ends, however it ends
         log.info(
@@ -210,7 +223,7 @@ def upscale_video(
             shutil.rmtree(folder, ignore_errors=True)
             state.close()
             raise InputError(f"{source} has no decodable video frames")
-        warning = shortfall(state.frames, declared, info.frames_exact or span[1] is not None, damage)
+        warning = shortfall(state.frames, declared, info.frames_exact or span[1] is not None, damage, ends_early)
         if warning and strict:
             shutil.rmtree(folder, ignore_errors=True)
             state.close()

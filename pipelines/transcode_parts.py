@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vsr import io
-from vsr.errors import UsageError
+from vsr.errors import InputError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,9 @@ class EncodeOptions:
         io.check_codec(self.codec)
         if self.crf is not None and not (isinstance(self.crf, (int, float)) and math.isfinite(self.crf) and self.crf >= 0):
             raise UsageError(f"--crf must be a finite number >= 0, got {self.crf}")
+        low, high = io.CRF_RANGES.get(self.codec, (0, math.inf))
+        if self.crf is not None and not low <= self.crf <= high:
+            raise UsageError(f"--crf {self.crf:g} is outside {self.codec}'s range {low}-{high} (lower = better and bigger)")
         pix_fmt = self.pix_fmt
         deep = self.ten_bit or info.bit_depth > 8
         if pix_fmt is None and info.alpha:
@@ -150,11 +153,10 @@ def frame_span(
     """
     if start is None and duration is None:
         return (0, None), None, None
-    for what, value in (("--start", start), ("--duration", duration)):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise UsageError(f"{what} must be a number of seconds >= 0, got {value}")
-    if duration is not None and duration <= 0:
-        raise UsageError(f"--duration must be above 0 seconds, got {duration}")
+    if start is not None and not (math.isfinite(start) and start >= 0):
+        raise UsageError(f"--start must be a number of seconds >= 0, got {start:g}")
+    if duration is not None and not (math.isfinite(duration) and duration > 0):
+        raise UsageError(f"--duration must be a number of seconds above 0, got {duration:g}")
     index = io.scan(source, info)
     origin = info.start + Fraction(start or 0)
     if index.pts:
@@ -174,20 +176,50 @@ def frame_span(
     return (first, stop), (times[first], t1), index
 
 
-def shortfall(written: int, declared: int | None, exact: bool, damage: list[str]) -> str | None:
+def present_frames(source: str, info: io.VideoInfo, index: io.FrameIndex | None) -> tuple[int | None, bool, io.FrameIndex | None]:
+    """For a container without a frame count of its own (Matroska, WebM, MPEG-TS; MP4's
+    sample table is exact): (the frames to expect, whether the video ends early, the
+    frame index read to tell).
+
+    duration x rate is no count for a variable frame rate (6 frames over 0.42 s "declare"
+    10 at a nominal 24 fps), so the frames are counted in the demux-only index
+    (`io.scan`, no decoding) and truncation is judged by timestamps: the video ends early
+    when its last pts plus one frame spacing (the last one, at least 1 / rate) falls more
+    than two such spacings before the duration the file declares (the video track's own,
+    `VideoInfo.duration`). Then the frames to expect stay duration x rate, what the whole
+    file would have had. A URL is not read twice for this, nor is a file the demuxer
+    cannot read to its end: (info.frames, False, index)."""
+    if info.frames_exact or io.is_url(source):
+        return info.frames, False, index
+    try:
+        index = index or io.scan(source, info)
+    except InputError:  # damaged past some point: the decode reports where
+        return info.frames, False, index
+    pts = index.pts
+    if not pts:
+        return info.frames, False, index
+    tb, rate = info.time_base, info.rate
+    spacing = max((pts[-1] - pts[-2]) * tb if len(pts) > 1 else Fraction(0), 1 / rate if rate else Fraction(0))
+    end = pts[-1] * tb - info.start + spacing
+    early = bool(info.duration and spacing and Fraction(info.duration) - end > 2 * spacing)
+    return (info.frames if early else len(pts)), early, index
+
+
+def shortfall(written: int, declared: int | None, exact: bool, damage: list[str], ends_early: bool = False) -> str | None:
     """The warning for a video that ends before the frames its container declares (a
-    truncated file) or lost frames to damaged packets; None when all is well. A declared
-    count that is only duration x rate (Matroska, MPEG-TS) may be off by a frame or two:
-    only a bigger shortfall counts there."""
+    truncated file), whose timestamps end before its declared duration (`ends_early`, see
+    `present_frames`) or lost frames to damaged packets; None when all is well. A
+    declared count that is not the container's own (counted packets, duration x rate) may
+    be off by a frame or two: only a bigger shortfall counts there."""
     missing = declared - written if declared else 0
     slack = 0 if exact else max(1, (declared or 0) // 20)
-    if not damage and missing <= slack:
+    if not damage and not ends_early and missing <= slack:
         return None
     skipped = sum(1 for d in damage if d.startswith("a damaged packet"))
     why = [d for d in damage if not d.startswith("a damaged packet")]
     if skipped:
         why.insert(0, f"{skipped} damaged packet{'s' if skipped > 1 else ''} could not be decoded")
-    if missing > 0 and not why:
+    if (missing > 0 or ends_early) and not why:
         why.append("the input ends early (truncated or damaged)")
     count = f"{written} of {declared} declared frames" if declared else f"{written} frames"
     return f"wrote {count}: {'; '.join(why)}"

@@ -194,6 +194,17 @@ def probe(source: str | os.PathLike) -> VideoInfo:
         return info
 
 
+def _tag_seconds(tag: str | None) -> float | None:
+    """Matroska's per-track DURATION tag ("00:00:00.422000000", written by FFmpeg and
+    mkvmerge at the end of the file) in seconds; None when absent or unreadable. The
+    video's own length, where the container's duration covers the longest stream."""
+    try:
+        h, m, sec = (tag or "").split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec) or None
+    except ValueError:
+        return None
+
+
 def describe(
     c: av.container.InputContainer, vs: av.VideoStream, source: str | os.PathLike, frames: Iterator[av.VideoFrame]
 ) -> tuple[VideoInfo, av.VideoFrame]:
@@ -213,7 +224,7 @@ def describe(
     rng = 2 if (cc.color_range == 2 or fmt.name.startswith("yuvj")) else 1
     frames_n = vs.frames or None
     duration = float(vs.duration * vs.time_base) if vs.duration and vs.time_base else (
-        c.duration / 1e6 if c.duration else None
+        _tag_seconds(vs.metadata.get("DURATION")) or (c.duration / 1e6 if c.duration else None)
     )
     rate = vs.average_rate or vs.guessed_rate
     if first.pts is None:  # no timestamps (a raw .h264/.hevc stream): frames are numbered from the

@@ -21,9 +21,11 @@ def segment_name(k: int) -> str:
     return f"segment-{k:05d}.vsrseg"
 
 
-def check_output_path(src: str | os.PathLike, dst: Path, overwrite: bool) -> None:
+def check_output_path(src: str | os.PathLike, dst: Path, overwrite: bool, resume: bool = False) -> None:
     """OutputError unless `dst` can be written: not the input, in a writable folder, not
-    a folder itself, and absent unless `overwrite`."""
+    a folder itself, and absent unless `overwrite`. With `resume`, an existing OUT
+    without a work folder is a finished job, but nothing records which options made it
+    (the work folder goes when OUT is complete), so it is refused all the same, saying so."""
     if not is_url(src) and dst.exists() and dst.resolve() == Path(src).resolve():
         raise OutputError(f"OUT is the input file {dst}: pick another name")
     parent = dst.parent
@@ -34,6 +36,10 @@ def check_output_path(src: str | os.PathLike, dst: Path, overwrite: bool) -> Non
     if dst.is_dir():
         raise OutputError(f"OUT {dst} is a folder: give a file name such as {dst / 'out.mp4'}")
     if dst.exists() and not overwrite:
+        if resume and not os.path.lexists(temp_dir_for(dst)):
+            raise OutputError(f"{dst} exists and there is no interrupted run to resume: vsr keeps no record of which "
+                              "input and options made a finished OUT, so it cannot tell it is this job's; "
+                              "add --overwrite to make it again")
         raise OutputError(f"{dst} exists: add --overwrite to replace it")
 
 

@@ -128,22 +128,27 @@ def diff(a: Any, b: Any, path: str = "") -> str | None:
     return None if a == b else f"{path}: {a!r} != {b!r}"
 
 
-def open_journal(folder: Path, header: dict, *, resume: bool, overwrite: bool) -> Journal:
+def open_journal(folder: Path, header: dict, *, resume: bool, overwrite: bool, lock: WorkLock | None = None) -> Journal:
     """Take `folder` (`vsr.jobs.lock`: one process at a time, never a symlink) and start a
     fresh journal in it, or (with resume) load the interrupted one, keep the segments whose
     files are there with their sha256, remove every other file (a partial segment, say),
     and rewrite it with only those (atomically). UsageError if `header` differs from the
     interrupted run's; OutputError if another process runs this job, or if an interrupted
-    run is there and neither resume nor overwrite is asked."""
+    run is there and neither resume nor overwrite is asked. lock: the folder already taken
+    with `lock_work_folder` (a job takes it before its slow set-up: loading the model)."""
     journal = folder / JOURNAL
-    lock, created = lock_work_folder(folder)
+    own = lock is None  # a lock passed in is the caller's to release
+    if lock is None:
+        lock, _ = lock_work_folder(folder)
     try:
-        return _open_locked(lock, created, journal, header, resume=resume, overwrite=overwrite)
+        return _open_locked(lock, lock.created, journal, header, resume=resume, overwrite=overwrite)
     except OSError as exc:
-        lock.release()
+        if own:
+            lock.release()
         raise OutputError(f"cannot write the work folder {folder}: {exc.strerror} (disk full?)") from exc
     except BaseException:
-        lock.release()
+        if own:
+            lock.release()
         raise
 
 

@@ -34,6 +34,13 @@ class WorkLock:
             os.close(self.fd)
             self.fd = None
 
+    def abandon(self) -> None:
+        """Release, and remove the folder if this process made it (a job whose set-up
+        failed before any work: no empty folder is left to look like an interrupted run)."""
+        if self.created and self.fd is not None:
+            _remove(self.folder)
+        self.release()
+
 
 def lock_work_folder(folder: Path) -> tuple[WorkLock, bool]:
     """Hold `folder` (creating it, mode 0700, if absent): (lock, created).
