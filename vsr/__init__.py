@@ -5,10 +5,17 @@ lazy so `vsr --help` and light modules do not pay for torch/diffusers.
 """
 from __future__ import annotations
 
-__all__ = ["EncodeOptions", "EngineConfig", "Upscaler", "upscale_video"]
+__all__ = ["EncodeOptions", "EngineConfig", "Upscaler", "__version__", "upscale_video"]
 
 
 def __getattr__(name: str):
+    if name == "__version__":  # the installed package's (pyproject.toml is the one place it is written)
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("vsr")
+        except PackageNotFoundError:
+            return "unknown (not installed)"
     if name == "Upscaler":
         from vsr.engine import Upscaler
 

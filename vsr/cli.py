@@ -65,13 +65,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    """The installed package's version (from its metadata: pyproject.toml is the one place it is written)."""
-    from importlib.metadata import PackageNotFoundError, version
+    """`vsr.__version__`: the installed package's version."""
+    import vsr
 
-    try:
-        return version("vsr")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
+    return vsr.__version__
 
 
 def _one_line(message: str) -> str:

@@ -43,6 +43,17 @@ def _fail(name: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"config field '{name}' = {value!r} is invalid: expected {allowed}")
 
 
+OVERLAP_DEFAULT = 32  # capped at half the tile for a model whose crop is that small
+
+
+def check_overlap(overlap: int, tile: int, whose: str) -> None:
+    """ConfigError when `overlap` is not below `tile` (neighbouring tiles would never move
+    on): checked for a `tile` given in the config here, and for the model card's crop
+    (`whose` names it) when the engine loads the model and the tile size is known."""
+    if overlap >= tile:
+        _fail("overlap", overlap, f"less than the tile ({whose} {tile}); at most half of it, e.g. --overlap {tile // 4}")
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -75,7 +86,7 @@ class EngineConfig:
     noise_level: float | Literal["auto"] = "auto"
     consistency: int = 1
     tile: int | None = None
-    overlap: int = 32
+    overlap: int = OVERLAP_DEFAULT
     batch: int = 8
     seed: int = 0
     noise: Literal["shared", "fresh"] = "shared"

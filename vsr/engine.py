@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vsr.config import EngineConfig
+from vsr.config import OVERLAP_DEFAULT, EngineConfig, check_overlap
 from vsr.errors import ConfigError, InputError, ResourceError
 from vsr.frame import Frame
 from vsr.core.resample import resize
@@ -133,6 +133,8 @@ class Upscaler:
                 f"config field 'tile' = {tile} is invalid: expected a multiple of {model.down_factor} "
                 f"(the model's downsampling factor)"
             )
+        if self.config.overlap != OVERLAP_DEFAULT:  # the default is capped for a small-crop model
+            check_overlap(self.config.overlap, tile, "the model's crop" if self.config.tile is None else "--tile")
         if 2 * self.config.overlap > tile:
             log.info("overlap %d capped at half the tile (%d)", self.config.overlap, tile // 2)
 
@@ -275,8 +277,8 @@ class Upscaler:
         """Same-size, same-dtype HxWx3 uint8/uint16 arrays -> upscaled arrays of that dtype,
         and the noise state of the last one."""
         img = images[0]
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype not in (np.uint8, np.uint16):
-            raise InputError(f"expected an HxWx3 uint8 or uint16 RGB array, got shape {img.shape} {img.dtype}")
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype not in (np.uint8, np.uint16) or 0 in img.shape:
+            raise InputError(f"expected an HxWx3 uint8 or uint16 RGB array (H, W >= 1), got shape {img.shape} {img.dtype}")
         peak = 255.0 if img.dtype == np.uint8 else 65535.0
         x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / peak
         try:

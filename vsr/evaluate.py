@@ -89,7 +89,9 @@ def evaluate_frames(
     outputs/references: HxWx3 RGB frames (uint8, uint16 or float [0, 1]), frame-aligned.
     guides (no-reference only): frames whose motion drives the temporal metrics, any size
     (resized to the output's, bicubic); default: the outputs themselves.
-    niqe_model: None skips NIQE. callback(i) is called after each frame.
+    niqe_model: None skips NIQE; frames too small for it are an InputError without a
+    reference, and with one NIQE is left out with one warning. callback(i) is called
+    after each frame.
     """
     if references is not None and guides is not None:
         raise UsageError("--guide is for no-reference eval: with --reference the flow comes from the reference")
@@ -122,8 +124,13 @@ def evaluate_frames(
         if niqe_model is not None:
             try:
                 row["niqe"] = metrics.niqe(out if y_out is None else y_out, niqe_model, crop_border)
-            except ValueError as exc:
-                raise InputError(f"{exc}; evaluate without NIQE (--no-niqe)") from None
+            except ValueError as exc:  # frames too small for NIQE's patches
+                if references is None:
+                    raise InputError(f"{exc}; evaluate without NIQE (--no-niqe)") from None
+                log.warning("%s: NIQE is left out (the full-reference metrics do not need it)", exc)
+                niqe_model = None
+                for r in result.rows:
+                    r.pop("niqe", None)
         if temporal:
             guide = out if other is None else other
             if references is None and guides is not None and guide.shape != out.shape:
