@@ -26,7 +26,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -423,39 +422,33 @@ case("fault-torn-journal-line-then-resume", 0)(
     lambda d, c: _interrupt_then_resume(d, c, _after_segments(3), how=signal.SIGKILL, tamper=_tear))
 
 
-@case("fault-work-folder-left-without-resume", 4)
-def _left(d: Path, ctx: Ctx) -> Outcome:
+def _killed_after_one_segment(d: Path, ctx: Ctx) -> list:
+    """Start a 3-frame-segment job into d/o.mkv, SIGKILL it once a segment is done; its args."""
     out = d / "o.mkv"
     args = [ctx.source, out, "--model", ctx.model, *ENGINE, "--segment-frames", "3"]
     proc = start(*args)
     wait_for(lambda: segments_done(out) >= 1, proc)
     proc.kill()
     proc.wait()
-    return Outcome(upscale(*args), resumable=True)
+    return args
+
+
+@case("fault-work-folder-left-without-resume", 4)
+def _left(d: Path, ctx: Ctx) -> Outcome:
+    return Outcome(upscale(*_killed_after_one_segment(d, ctx)), resumable=True)
 
 
 @case("fault-resume-with-other-options", 2)
 def _changed(d: Path, ctx: Ctx) -> Outcome:
-    out = d / "o.mkv"
-    args = [ctx.source, out, "--model", ctx.model, *ENGINE, "--segment-frames", "3"]
-    proc = start(*args)
-    wait_for(lambda: segments_done(out) >= 1, proc)
-    proc.kill()
-    proc.wait()
-    return Outcome(upscale(*args, "--resume", "--crf", "30"), resumable=True)
+    return Outcome(upscale(*_killed_after_one_segment(d, ctx), "--resume", "--crf", "30"), resumable=True)
 
 
 @case("fault-resume-other-dtype", 2)
 def _dtype(d: Path, ctx: Ctx) -> Outcome:
     from vsr.jobs.journal import journal_line, read_journal
 
-    out = d / "o.mkv"
-    args = [ctx.source, out, "--model", ctx.model, *ENGINE, "--segment-frames", "3"]
-    proc = start(*args)
-    wait_for(lambda: segments_done(out) >= 1, proc)
-    proc.kill()
-    proc.wait()
-    j = work(out) / "journal.jsonl"
+    args = _killed_after_one_segment(d, ctx)
+    j = work(d / "o.mkv") / "journal.jsonl"
     recs = read_journal(j)
     recs[0]["header"]["runtime"]["dtype"] = "bfloat16"
     j.write_text("".join(journal_line(r) for r in recs))
