@@ -1,7 +1,7 @@
 """The noise predictor (issue 10 items 2 and 5) against Gaussian noise, through `Upscaler`.
 
     python -m benchmarks.noise_predictor --model runs/np-vsr-prior-s/model [--corpus data/corpus]
-        [--scales 2 4] [--steps 2] [--predictor-steps 1] [--frames 8]
+        [--scales 2 4] [--steps auto] [--predictor-steps 1 2] [--frames 8]
         [--json benchmarks/results/noise_predictor.json] [--mosaic benchmarks/results/mosaic]
 
 1. Fidelity on the corpus's held-out photographs (256x256 centre crops, 8-bit LR by
@@ -40,7 +40,9 @@ from vsr.noise import make_noise
 from vsr.noise.predicted import load_noise_predictor
 
 
-def _engines(model_dir: str, scale: float, steps: int) -> dict[str, Upscaler]:
+def _engines(model_dir: str, scale: float, steps: int | str) -> dict[str, Upscaler]:
+    """Shared, fresh and predicted noise at `steps` ("auto": each at its default, i.e. 2
+    for the Gaussian sources and the card's calibrated count for the predictor)."""
     model = load_model(model_dir)
     cfg = EngineConfig().replace(scale=scale, steps=steps, device="cpu")
     pred = load_noise_predictor(model, base=make_noise("shared", cfg.seed))
@@ -66,7 +68,7 @@ def _dat_light(scale: float) -> Callable[[np.ndarray], np.ndarray] | str:
 
 
 def fidelity(
-    model_dir: str, corpus: str, scales: list[float], steps: int, max_images: int = 16,
+    model_dir: str, corpus: str, scales: list[float], steps: int | str, max_images: int = 16,
     predictor_steps: tuple[int, ...] = (), keep: bool = False,
 ) -> dict:
     """Scores per scale (see the module docstring); with keep, also the uint8 outputs
@@ -89,7 +91,7 @@ def fidelity(
             row["dat-light"] = _scores(imgs["dat-light"], refs, s)
         engines = {k: v for k, v in _engines(model_dir, s, steps).items() if k != "vsr-fresh"}
         for k in predictor_steps:
-            if k != steps:
+            if k != engines["vsr-predicted"].steps:
                 engines[f"vsr-predicted-{k}step"] = _engines(model_dir, s, k)["vsr-predicted"]
         for name, eng in engines.items():
             t0 = time.perf_counter()
@@ -161,7 +163,7 @@ def pan_clip(photo: torch.Tensor, frames: int, size: tuple[int, int], step=(0.5,
     return torch.stack(out).clamp(0, 1)
 
 
-def temporal(model_dir: str, corpus: str, scales: list[float], steps: int, frames: int, max_images: int = 4) -> dict:
+def temporal(model_dir: str, corpus: str, scales: list[float], steps: int | str, frames: int, max_images: int = 4) -> dict:
     photos = load_val_crops(corpus, 320, max_images)
     out: dict = {"clips": len(photos), "frames": frames, "motion_px_per_frame": [0.5, 1.5]}
     for s in scales:
@@ -188,12 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="a model folder with noise_predictor/ (vsr train predictor-export)")
     ap.add_argument("--corpus", default="data/corpus")
     ap.add_argument("--scales", type=float, nargs="+", default=[2.0, 4.0])
-    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--steps", type=lambda v: v if v == "auto" else int(v), default="auto",
+                    help="DDIM steps of every engine (default auto: 2 for Gaussian noise, the card's count for the predictor)")
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--max-images", type=int, default=16, help="held-out photographs to score (the corpus has 9)")
     ap.add_argument("--skip-temporal", action="store_true")
-    ap.add_argument("--predictor-steps", type=int, nargs="*", default=[1],
-                    help="also score the predictor at these step counts (default 1: InvSR's one-step use)")
+    ap.add_argument("--predictor-steps", type=int, nargs="*", default=[1, 2],
+                    help="also score the predictor at these step counts (default 1 2; its own count is not repeated)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--mosaic", help="write PREFIX-2x.png, PREFIX-4x.png: crops of bicubic, DAT-light, vsr "
                                      "before (no predictor), vsr now, truth")
