@@ -35,6 +35,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "corpus": ("vsr.pipelines.corpus", "build the training corpus from registry packages"),
     "train": ("vsr.pipelines.train_prior", "train the default diffusion prior"),
 }
+# Commands whose process ends with os._exit once the outputs are flushed: `vsr stream`
+# may return while its model thread is still inside torch, and the interpreter's shutdown
+# then aborts (SIGABRT, "terminate called without an active exception") instead of
+# returning the documented code.
+EXIT_AT_ONCE = {"stream"}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -89,17 +94,22 @@ def _ignore_further_interrupts() -> None:
             signal.signal(sig, signal.SIG_IGN)
 
 
-def _exit_interrupted() -> None:
-    """The process, interrupted, ends here with exit code 130: the job's cleanup has run
-    (the exception unwound through it) and the work folder is resumable; interpreter
-    shutdown is skipped because a signal landing in it ended the process with -2 instead
-    (seen in CI on a SIGINT during start-up)."""
+def _exit_now(code: int) -> NoReturn:
+    """The process ends here with `code`, skipping interpreter shutdown: the command's
+    cleanup has run (an exception unwound through it, or it returned), and a shutdown
+    can turn the documented code into a death by signal: a SIGINT landing in it (-2, seen
+    in CI during start-up), or a daemon thread still inside torch (SIGABRT, `vsr stream`)."""
     import os
 
     _ignore_further_interrupts()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(EXIT_INTERRUPTED)
+    os._exit(code)
+
+
+def _exit_interrupted() -> NoReturn:
+    """Interrupted: exit 130 at once; the work folder is resumable."""
+    _exit_now(EXIT_INTERRUPTED)
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -113,6 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     as_program = argv is None  # the process itself (not a call from Python): it may set signal handlers
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
+    code = _dispatch(argv, command, as_program)
+    if as_program and command in EXIT_AT_ONCE:
+        _exit_now(code)
+    return code
+
+
+def _dispatch(argv: list[str], command: str | None, as_program: bool) -> int:
+    """Run the command; a `VsrError` becomes its one line and exit code, a bug one line
+    and exit 1 (the traceback with --debug)."""
     # --debug belongs before the command; after it, it is a usage error shown as one line
     debug = "--debug" in (argv[: argv.index(command)] if command else argv)
     logging.basicConfig(

