@@ -127,10 +127,11 @@ def stream_video(
     MPEG-TS otherwise); a file `dst` that exists is replaced only with `overwrite`.
     `max_latency` is the ladder's budget in seconds; `ladder=False` keeps the configured
     steps whatever it costs. `stats` gets a dict every
-    `stats_interval` seconds and one with "event": "done" at the end. Raises InputError
-    (exit 3) when `src` breaks, OutputError when `dst` does.
+    `stats_interval` seconds and, once the stream has started, one with "event": "done" at
+    the end (`summary`; with "error" when it failed). Raises InputError (exit 3) when `src`
+    breaks, OutputError when `dst` does, UsageError for a bad option.
     """
-    from vsr.io.live import LiveEncoding, LiveInput, LiveOutput  # noqa: F401 - LiveInput: annotations
+    from vsr.io.live import LiveEncoding, LiveInput, LiveOutput, live_format, pixel_count  # noqa: F401 - LiveInput: annotations
     from vsr.io.source import is_url
     from vsr.jobs.chunk import crop_frame, pad_image
 
@@ -138,6 +139,11 @@ def stream_video(
     t_start = time.monotonic()
     parsed = parse_size(size) if isinstance(size, str) else size
     # 0. what can be checked before the model loads (seconds on a CPU)
+    if not timeout > 0:
+        raise UsageError(f"--timeout must be a number of seconds above 0, got {timeout:g}")
+    if max_pixels < 1:
+        raise UsageError(f"--max-pixels must be at least 1, got {max_pixels}")
+    live_format(dst, format)
     if not is_url(src) and not Path(src).is_file():
         raise InputError(f"input not found: {src}")
     if not is_url(dst) and Path(dst).exists() and not overwrite:
@@ -151,8 +157,8 @@ def stream_video(
         ow, oh = plan.out
         if ow * oh > max_pixels:
             raise UsageError(
-                f"{src} is {width}x{height}: the {ow}x{oh} output ({ow * oh / 1e6:.1f} Mpx) is above the "
-                f"{max_pixels / 1e6:.1f} Mpx a live stream may have (--max-pixels)"
+                f"{src} is {width}x{height}: the {ow}x{oh} output ({pixel_count(ow * oh)}) is above the "
+                f"{pixel_count(max_pixels)} a live stream may have (--max-pixels)"
             )
         return plan, LiveOutput(dst, live, plan.out, encoding or LiveEncoding(), format=format)
 
@@ -246,15 +252,35 @@ def stream_video(
             writer.put((arrival, up, rungs.names[rung]))
             if stop_at is None and ladder:
                 control.update(cost, max(writer.latency, time.monotonic() - arrival), rate.fps, time.monotonic())
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
         halt.set()  # the reader stops (at its next item)
         writer.finish()
         result.rung_costs = {n: (None if c is None else round(c, 4)) for n, c in zip(rungs.names, control.costs)}
+        if stats is not None:  # the statistics end with "done", also when the stream failed
+            stats(summary(result, writer.error or failure))
     if writer.error is not None:
         raise writer.error
     if failure is not None:
         raise failure
     return result
+
+
+def summary(result: StreamResult, error: BaseException | None = None) -> dict:
+    """The "done" statistics line of a finished (or failed: "error") stream."""
+    lat = sorted(result.latencies) or [0.0]
+    done = {
+        "event": "done", "frames": result.frames, "packets": result.packets, "seconds": round(result.seconds, 3),
+        "fps_out": round(result.fps, 2), "size": list(result.size), "stopped": result.stopped, "input_ended": result.ended,
+        "dropped": result.dropped, "latency_mean": round(sum(lat) / len(lat), 3),
+        "latency_p95": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 3), "latency_max": round(lat[-1], 3),
+        "frames_per_rung": result.frames_per_rung, "rung_cost_s": result.rung_costs,
+    }
+    if error is not None:
+        done["error"] = " ".join(str(error).split())
+    return done
 
 
 # ------------------------------------------------------------------------------- CLI
@@ -302,11 +328,22 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no summary line")
 
 
+def _append(path: str | None, option: str) -> Any:
+    """`path` opened for appending, line-buffered (the process may be killed); OutputError
+    naming `option` when it cannot be."""
+    if not path:
+        return None
+    try:
+        return open(path, "a", buffering=1)
+    except OSError as exc:
+        raise OutputError(f"cannot write {option} file {path}: {exc.strerror or exc}") from exc
+
+
 class _LineLog:
     """Append to the --log file, one line at a time (flushed: the process may be killed)."""
 
-    def __init__(self, path: str | None):
-        self._f = open(path, "a", buffering=1) if path else None
+    def __init__(self, f: Any):
+        self._f = f
 
     def __call__(self, line: str) -> None:
         if self._f is not None:
@@ -329,7 +366,7 @@ def run_cli(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    logline = _LineLog(args.log)
+    logline = _LineLog(_append(args.log, "--log"))
     if args.log:
         handler = logging.FileHandler(args.log)
         handler.setLevel(logging.WARNING)
@@ -338,7 +375,7 @@ def run_cli(args: argparse.Namespace) -> int:
     stats_out = None
     if args.stats is not None:
         # stdout carries the video when OUT is "-": then statistics go to stderr
-        stats_out = (sys.stderr if args.output == "-" else sys.stdout) if args.stats == "-" else open(args.stats, "a", buffering=1)
+        stats_out = (sys.stderr if args.output == "-" else sys.stdout) if args.stats == "-" else _append(args.stats, "--stats")
 
     def stats(d: dict) -> None:
         if stats_out is not None:
@@ -372,19 +409,11 @@ def run_cli(args: argparse.Namespace) -> int:
         # the interpreter's last collection walks torch's and diffusers' object graph:
         # seconds on a busy machine, and a stopped worker must be gone within 2 s
         gc.freeze()
-    lat = sorted(result.latencies) or [0.0]
-    summary = {
-        "event": "done", "frames": result.frames, "packets": result.packets, "seconds": round(result.seconds, 3),
-        "fps_out": round(result.fps, 2), "size": list(result.size), "stopped": result.stopped, "input_ended": result.ended,
-        "dropped": result.dropped, "latency_mean": round(sum(lat) / len(lat), 3),
-        "latency_p95": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 3), "latency_max": round(lat[-1], 3),
-        "frames_per_rung": result.frames_per_rung, "rung_cost_s": result.rung_costs,
-    }
-    stats(summary)
     if not args.quiet:
         w, h = result.size
+        done = summary(result)
         line = (f"vsr stream: {result.frames} frames {w}x{h}, {result.fps:.1f} frames/s, latency "
-                f"{summary['latency_mean']:.2f} s mean / {summary['latency_max']:.2f} s max, rungs "
+                f"{done['latency_mean']:.2f} s mean / {done['latency_max']:.2f} s max, rungs "
                 + ", ".join(f"{k} {v}" for k, v in result.frames_per_rung.items()))
         print(line, file=sys.stderr)
         logline(line)

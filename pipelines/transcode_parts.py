@@ -85,11 +85,7 @@ class EncodeOptions:
         """Defaults: crf 18; preset medium for x264/x265; yuv420p, or the codec's 10-bit
         4:2:0 format when asked (`--10bit`) or when the input has more than 8 bits."""
         io.check_codec(self.codec)
-        if self.crf is not None and not (isinstance(self.crf, (int, float)) and math.isfinite(self.crf) and self.crf >= 0):
-            raise UsageError(f"--crf must be a finite number >= 0, got {self.crf}")
-        low, high = io.CRF_RANGES.get(self.codec, (0, math.inf))
-        if self.crf is not None and not low <= self.crf <= high:
-            raise UsageError(f"--crf {self.crf:g} is outside {self.codec}'s range {low}-{high} (lower = better and bigger)")
+        io.check_crf(self.codec, self.crf)
         pix_fmt = self.pix_fmt
         deep = self.ten_bit or info.bit_depth > 8
         if pix_fmt is None and info.alpha:

@@ -56,3 +56,36 @@ def test_a_plain_av_frame_without_time_base_is_upscaled(up):
     frame = av.VideoFrame.from_ndarray(np.full((16, 24, 3), 90, np.uint8), format="rgb24")
     out = up.with_config(scale=2.0)(frame)
     assert isinstance(out, av.VideoFrame) and (out.width, out.height) == (48, 32) and out.time_base is None
+
+
+# ------------------------------------------------------------------- option errors
+def _main(capsys, *args) -> tuple[int, list[str]]:
+    """Run `vsr stream ARGS` in this process: (exit code, stderr lines)."""
+    from vsr.cli import main
+
+    code = main(["stream", *map(str, args)])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("option, code, words", [
+    (["--stats", "/nonexist/d/s.jsonl"], 4, "--stats file /nonexist/d/s.jsonl"),
+    (["--log", "/nonexist/d/vsr.log"], 4, "--log file /nonexist/d/vsr.log"),
+    (["--bitrate", "abc"], 2, "--bitrate"),
+    (["--maxrate", "4 M"], 2, "--maxrate"),
+    (["--timeout", "0"], 2, "--timeout"),
+    (["--crf", "99"], 2, "--crf 99 is outside libx264's range 0-51"),
+    (["--format", "nosuch"], 2, "unknown output format 'nosuch'"),
+    (["--keyint", "0"], 2, "--keyint"),
+    (["--max-pixels", "0"], 2, "--max-pixels"),
+])
+def test_bad_stream_options_are_one_line_before_any_work(tmp_path, capsys, option, code, words):
+    clip = write_clip(tmp_path / "in.ts", width=32, height=24, frames=2, fps=FPS, audio=False)
+    rc, err = _main(capsys, clip, tmp_path / "out.ts", "--model", tmp_path / "no-model-needed", *option)
+    assert (rc, len(err)) == (code, 1) and words in err[0], err
+    assert not (tmp_path / "out.ts").exists()
+
+
+def test_a_small_max_pixels_is_said_in_pixels(tmp_path, tiny_model_dir, capsys):
+    clip = write_clip(tmp_path / "in.ts", width=32, height=24, frames=FPS, fps=FPS, audio=False)
+    rc, err = _main(capsys, clip, tmp_path / "out.ts", "--model", tiny_model_dir, "--max-pixels", "100")
+    assert rc == 3 and len(err) == 1 and "above the 100 pixels a live stream may have" in err[0], err

@@ -163,12 +163,16 @@ def test_a_silent_source_is_an_error_in_one_line(tmp_path, tiny_model_dir):
     clip = write_clip(tmp_path / "in.ts", width=W, height=H, frames=6 * FPS, fps=FPS)
     server = TsServer(clip, 6.0, stall_after=0.5)
     out = tmp_path / "out.ts"
-    p = _vsr("stream", server.url, str(out), "--model", str(tiny_model_dir), "--threads", "1", "--timeout", "2")
+    stats = tmp_path / "stats.jsonl"
+    p = _vsr("stream", server.url, str(out), "--model", str(tiny_model_dir), "--threads", "1", "--timeout", "2",
+             f"--stats={stats}")
     _, err = p.communicate(timeout=300)
     assert p.returncode == 3, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("vsr: ") and "broke: no data for 2 s" in lines[0], err
     assert _count_frames(out) > FPS  # what was done before the break is in the file
+    done = _stats(stats)[-1]  # the statistics still end with "done", saying why
+    assert done["event"] == "done" and "no data for 2 s" in done["error"] and done["frames"] == _count_frames(out)
 
 
 def test_a_declared_resolution_too_large_is_refused_in_one_line(tmp_path, tiny_model_dir):
@@ -197,7 +201,7 @@ def test_a_declared_resolution_too_large_is_refused_in_one_line(tmp_path, tiny_m
 
 # ---------------------------------------------------------------- the pieces, in-process
 def test_the_container_follows_the_scheme_or_format():
-    from vsr.errors import OutputError
+    from vsr.errors import UsageError
     from vsr.io.live import live_format
 
     assert live_format("rtmp://host/app/name") == "flv"
@@ -208,7 +212,7 @@ def test_the_container_follows_the_scheme_or_format():
     assert live_format("out.mkv") == "matroska"
     assert live_format("out") == "mpegts"
     assert live_format("rtmp://host/app/name", "mpegts") == "mpegts"
-    with pytest.raises(OutputError, match="unknown output format"):
+    with pytest.raises(UsageError, match="unknown output format"):  # --format: a bad argument
         live_format("x.ts", "nosuchformat")
 
 
@@ -259,4 +263,5 @@ def test_ladder_off_runs_every_frame_through_the_model_in_process(tmp_path, tiny
     assert result.ended and not result.stopped and result.dropped == 0
     assert result.frames == 6 and result.frames_per_rung == {"steps=1": 6, "fast": 0}
     assert result.size == (64, 48) and _count_frames(tmp_path / "out.ts") == 6
-    assert stats and all(d["rung"] == "steps=1" for d in stats)
+    assert stats[-1]["event"] == "done" and "error" not in stats[-1]
+    assert all(d["rung"] == "steps=1" for d in stats[:-1])

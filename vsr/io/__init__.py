@@ -16,6 +16,7 @@ from vsr.io.encoder import (
     StreamFormat,
     alpha_format,
     check_codec,
+    check_crf,
     check_encoder,
     check_encoder_opens,
     holds_alpha,
@@ -31,7 +32,7 @@ from vsr.io.source import DEFAULT_RATE, HDR10, Colour, StreamInfo, VideoInfo, ha
 
 __all__ = [
     "CRF_RANGES", "DEFAULT_RATE", "DEINTERLACE", "HDR10", "MAGIC", "X26X_PRESETS", "Colour", "EncoderSettings", "FrameIndex", "SeekPoint",
-    "SegmentWriter", "StreamFormat", "StreamInfo", "VideoInfo", "assemble", "check_codec", "check_encoder",
+    "SegmentWriter", "StreamFormat", "StreamInfo", "VideoInfo", "assemble", "check_codec", "check_crf", "check_encoder",
     "check_encoder_opens", "check_output", "decode", "alpha_format", "has_alpha", "holds_alpha", "file_sha256", "is_live", "is_url", "needs_global_header",
     "probe", "read_segment", "route_ffmpeg_logs", "scan", "ten_bit_format", "video_encoders",
 ]

@@ -4,6 +4,7 @@ Every check here fails before any work is done, with a `CodecError` naming what 
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -126,6 +127,17 @@ def check_codec(name: str) -> None:
 # AV1 and VP9 encoders 0-63, VP8 4-63); a value outside is refused, not clamped.
 CRF_RANGES = {"libx264": (0, 51), "libx265": (0, 51), "libsvtav1": (0, 63), "libaom-av1": (0, 63),
               "libvpx-vp9": (0, 63), "libvpx": (4, 63)}
+
+
+def check_crf(codec: str, crf: float | None) -> None:
+    """UsageError naming --crf when `crf` is not a finite number within `codec`'s range."""
+    if crf is None:
+        return
+    if not (isinstance(crf, (int, float)) and math.isfinite(crf) and crf >= 0):
+        raise UsageError(f"--crf must be a finite number >= 0, got {crf}")
+    low, high = CRF_RANGES.get(codec, (0, math.inf))
+    if not low <= crf <= high:
+        raise UsageError(f"--crf {crf:g} is outside {codec}'s range {low}-{high} (lower = better and bigger)")
 
 
 # x264/x265 check a preset name before FFmpeg's log callback is in place, so a bad one

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,12 +26,13 @@ from typing import Any
 import av
 import numpy as np
 
-from vsr.errors import CodecError, InputError, OutputError
+from vsr.errors import CodecError, InputError, OutputError, UsageError
 from vsr.frame import Frame
 from vsr.io.decoder import deinterlaced, same_size, to_rgb
 from vsr.io.encoder import (
     EncoderSettings,
     StreamFormat,
+    check_crf,
     check_encoder,
     configure,
     output_format,
@@ -50,7 +52,8 @@ SCHEME_FORMATS = {
 def live_format(destination: str, format: str | None = None) -> str:
     """The container for `destination`: `format` if given, else by scheme (FLV for RTMP,
     MPEG-TS for SRT/UDP/TCP/HTTP and pipes, RTSP for rtsp://), else by file extension
-    (MPEG-TS when there is none). OutputError for a format FFmpeg does not have."""
+    (MPEG-TS when there is none). A format FFmpeg does not have: UsageError when it is
+    `format` (--format), OutputError when it comes from the destination."""
     name = format
     if name is None:
         if destination == "-":
@@ -63,7 +66,8 @@ def live_format(destination: str, format: str | None = None) -> str:
     try:
         av.format.ContainerFormat(name, "w")
     except Exception as exc:  # noqa: BLE001 - PyAV raises several types for unknown names
-        raise OutputError(f"unknown output format {name!r}: try --format flv, mpegts, matroska or mp4") from exc
+        error = OutputError if format is None else UsageError
+        raise error(f"unknown output format {name!r}: try --format flv, mpegts, matroska or mp4") from exc
     return name
 
 
@@ -92,7 +96,7 @@ class LiveInput:
             declared = (vs.codec_context.width, vs.codec_context.height)
             if max_pixels and declared[0] * declared[1] > max_pixels:
                 raise InputError(
-                    f"{self.source} declares {declared[0]}x{declared[1]} video, above the {max_pixels / 1e6:.1f} Mpx "
+                    f"{self.source} declares {declared[0]}x{declared[1]} video, above the {pixel_count(max_pixels)} "
                     "a live stream may have (--max-pixels)"
                 )
             self._video = vs
@@ -197,6 +201,14 @@ def _open(source: str, timeout: float) -> av.container.InputContainer:
 
 
 # ----------------------------------------------------------------------------- output
+RATE = re.compile(r"[0-9]+(\.[0-9]+)?[kKMG]?")  # what FFmpeg's AVOption parser reads as a bit rate
+
+
+def pixel_count(n: int) -> str:
+    """A pixel limit for a message: "8.3 Mpx" when large, "100 pixels" when small."""
+    return f"{n / 1e6:.1f} Mpx" if n >= 100_000 else f"{n} pixels"
+
+
 @dataclass(frozen=True)
 class LiveEncoding:
     """The video encoder of a live output and its rate control.
@@ -220,10 +232,18 @@ class LiveEncoding:
     keyint: float = 2.0
     options: tuple[tuple[str, str], ...] = ()
 
+    def __post_init__(self) -> None:
+        """UsageError naming the option for a value no encoder takes."""
+        if not 0 < self.keyint <= 60:
+            raise UsageError(f"--keyint must be in (0, 60] seconds, got {self.keyint:g}")
+        check_crf(self.codec, None if self.bitrate else self.crf)
+        for option in ("bitrate", "maxrate", "bufsize"):
+            value = getattr(self, option)
+            if value is not None and not RATE.fullmatch(str(value)):
+                raise UsageError(f"--{option} must be bits per second such as 3M, 800k or 2500000, got {value!r}")
+
     def settings(self, rate: Fraction | None) -> EncoderSettings:
         """The `EncoderSettings` for a stream of `rate` frames/s (None: unknown)."""
-        if not 0 < self.keyint <= 60:
-            raise CodecError(f"--keyint must be in (0, 60] seconds, got {self.keyint}")
         opts: dict[str, str] = {}
         x26x = self.codec in ("libx264", "libx265")
         if x26x and self.tune:
