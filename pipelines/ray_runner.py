@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
+import socket
 import time
 import uuid
 from collections import deque
@@ -51,6 +53,29 @@ log = logging.getLogger(__name__)
 
 CHUNK_SECONDS_MAX = 60.0  # auto chunk length: at most this much video...
 CHUNKS_PER_WORKER = 4  # ...and at least this many chunks per worker, for load balancing
+# --ray-address HOST:PORT (or ray://HOST:PORT, Ray's client); IPv6 hosts in brackets
+ADDRESS = re.compile(r"(?:ray://)?(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
+CONNECT_TIMEOUT_S = 10.0  # a head node that does not answer this fast is unreachable (ray.init would retry for minutes)
+
+
+def head_address(address: str) -> tuple[str, int] | None:
+    """(host, port) of an explicit --ray-address, None for "auto" and "local"; UsageError
+    for anything else."""
+    if address in ("auto", "local"):
+        return None
+    m = ADDRESS.fullmatch(address)
+    if m is None or not 0 < int(m["port"]) < 65536:
+        raise UsageError(f"--ray-address must be auto, local or HOST:PORT (e.g. 10.0.0.5:6379), got {address!r}")
+    return m["host"].strip("[]"), int(m["port"])
+
+
+def check_reachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """UsageError (one line) unless something accepts a TCP connection at host:port."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise UsageError(f"cannot reach a Ray cluster at {host}:{port}: {exc.strerror or exc} (start one with "
+                         "'ray start --head', or pass --ray-address HOST:PORT, or 'local')") from None
 
 Progress = Callable[[dict], None]
 
@@ -89,6 +114,8 @@ class RayRunner:
     def __post_init__(self) -> None:
         if self.transfer not in ("auto", "path", "object_store"):
             raise UsageError(f"transfer must be auto, path or object_store, got {self.transfer!r}")
+        if self.address is not None:
+            head_address(self.address)
         if self.chunk_seconds is not None and not self.chunk_seconds > 0:
             raise UsageError(f"--chunk-seconds must be positive, got {self.chunk_seconds}")
         if self.cpus_per_worker < 1:
@@ -109,6 +136,9 @@ class RayRunner:
             raise UsageError("--runner ray needs Ray: pip install 'vsr[ray]'") from None
         if ray.is_initialized():
             return
+        head = head_address(self.address) if self.address else None
+        if head is not None:  # ray.init retries an unreachable head for minutes, printing as it goes
+            check_reachable(*head)
         try:
             ray.init(address=None if self.address == "local" else self.address, logging_level=logging.WARNING,
                      log_to_driver=False, include_dashboard=False if self.address == "local" else None)

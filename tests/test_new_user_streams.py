@@ -89,3 +89,21 @@ def test_a_small_max_pixels_is_said_in_pixels(tmp_path, tiny_model_dir, capsys):
     clip = write_clip(tmp_path / "in.ts", width=32, height=24, frames=FPS, fps=FPS, audio=False)
     rc, err = _main(capsys, clip, tmp_path / "out.ts", "--model", tiny_model_dir, "--max-pixels", "100")
     assert rc == 3 and len(err) == 1 and "above the 100 pixels a live stream may have" in err[0], err
+
+
+# ----------------------------------------------------------------- --ray-address
+@pytest.mark.parametrize("address, words", [
+    ("garbage:::", "--ray-address must be auto, local or HOST:PORT"),
+    ("host:99999", "--ray-address must be auto, local or HOST:PORT"),
+    ("127.0.0.1:1", "cannot reach a Ray cluster at 127.0.0.1:1"),  # nothing listens on port 1
+])
+def test_a_bad_ray_address_is_one_line_at_once(tmp_path, tiny_model_dir, capsys, address, words):
+    from vsr.cli import main
+
+    clip = write_clip(tmp_path / "in.ts", width=32, height=24, frames=4, fps=FPS, audio=False)
+    t0 = time.monotonic()
+    rc = main(["upscale", str(clip), str(tmp_path / "out.mp4"), "--model", str(tiny_model_dir), "--runner", "ray",
+               "--ray-address", address])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and words in err[0], err
+    assert time.monotonic() - t0 < 20
