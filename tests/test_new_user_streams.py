@@ -107,3 +107,28 @@ def test_a_bad_ray_address_is_one_line_at_once(tmp_path, tiny_model_dir, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and words in err[0], err
     assert time.monotonic() - t0 < 20
+
+
+# ------------------------------------------------------------ timestamps going back
+def test_timestamps_going_back_are_restamped_with_audio_in_step(tmp_path, tiny_model_dir, caplog):
+    from vsr.pipelines.stream import stream_video
+
+    # two MPEG-TS segments whose clocks both start at the same time: a publisher's restart
+    a = write_clip(tmp_path / "a.ts", width=32, height=24, frames=2 * FPS, fps=FPS)
+    b = write_clip(tmp_path / "b.ts", width=32, height=24, frames=2 * FPS, fps=FPS)
+    src = tmp_path / "in.ts"
+    src.write_bytes(a.read_bytes() + b.read_bytes())
+    out = tmp_path / "out.ts"
+    with caplog.at_level("WARNING"):
+        result = stream_video(str(src), str(out), model=str(tiny_model_dir), config={"steps": 1}, ladder=False)
+    assert result.ended and result.frames == 4 * FPS
+    with av.open(str(out)) as c:
+        times = {"video": [], "audio": []}
+        for pkt in c.demux():
+            if pkt.size and pkt.dts is not None:
+                times[pkt.stream.type].append(float(pkt.dts * pkt.time_base))
+    for kind, ts in times.items():
+        assert all(b > a for a, b in zip(ts, ts[1:])), kind
+    assert abs(times["video"][-1] - times["audio"][-1]) < 0.2, times  # the second segment's sound still in step
+    assert times["video"][-1] > 3.5
+    assert 1 <= sum("renumbered" in r.getMessage() for r in caplog.records) <= 2  # once per stream

@@ -102,6 +102,30 @@ def _mode(info: VideoInfo, deinterlace: str) -> str:
     return deinterlace
 
 
+class Increasing:
+    """Strictly increasing timestamps for one stream (see `decode`): one not above the
+    previous (every frame at 0, a clock that restarts) becomes the previous plus the last
+    spacing (`first_step` while there is none yet), with one warning naming `what`."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.last: int | None = None
+        self.step: int | None = None  # the last genuine spacing
+        self.renumbered = False
+
+    def __call__(self, ts: int, first_step: int, item: str) -> int:
+        if self.last is not None and ts <= self.last:
+            fixed = self.last + (self.step or first_step)
+            if not self.renumbered:
+                log.warning("%s: %s has pts %d, not after the previous one's %d: renumbered to %d "
+                            "(and so on for the next such)", self.what, item, ts, self.last, fixed)
+            self.renumbered, ts = True, fixed
+        elif self.last is not None:
+            self.step = ts - self.last
+        self.last = ts
+        return ts
+
+
 def _frames(
     source: str | os.PathLike, info: VideoInfo | None, start: int, stop: int | None, deinterlace: str,
     index: FrameIndex | None, point: SeekPoint | None, on_error: Callable[[str], None] | None = None,
@@ -116,33 +140,23 @@ def _frames(
         if point is not None:  # an open GOP's leading pictures: decoded from missing references
             index_k = point.frame
             decoded = (f for f in decoded if f.pts is None or f.pts >= point.pts)
-        last_pts, step, renumbered = None, None, False
+        increasing = Increasing(os.fspath(source))
         try:
             frames = same_size(decoded, (info.width, info.height), index_k)
             for frame, rotation in deinterlaced(frames, vs, _mode(info, deinterlace)):
                 if stop is not None and index_k >= stop:
                     return
                 pts = frame.pts
+                tick = 1 / ((info.rate or DEFAULT_RATE) * (frame.time_base or info.time_base))
                 if pts is None:  # numbered from the frame rate (`probe` gives 25 fps when none is known)
-                    tb = frame.time_base or info.time_base
-                    tick = 1 / ((info.rate or DEFAULT_RATE) * tb)
-                    pts = last_pts + (step or max(1, round(tick))) if last_pts is not None else round(index_k * tick)
-                if last_pts is not None and pts <= last_pts:  # see `decode`: made strictly increasing
-                    tb = frame.time_base or info.time_base
-                    fixed = last_pts + (step or max(1, round(1 / ((info.rate or DEFAULT_RATE) * tb))))
-                    if not renumbered:
-                        log.warning("%s: frame %d has pts %d, not after the previous frame's %d: renumbered to %d "
-                                    "(and so on for the next such frames)", os.fspath(source), index_k, pts, last_pts,
-                                    fixed)
-                    renumbered, pts = True, fixed
-                elif last_pts is not None:
-                    step = pts - last_pts
+                    last, step = increasing.last, increasing.step
+                    pts = last + (step or max(1, round(tick))) if last is not None else round(index_k * tick)
+                pts = increasing(pts, max(1, round(tick)), f"frame {index_k}")  # see `decode`
                 if point is not None and (index_k >= len(index) or pts != index.pts[index_k]):
                     raise InputError(
                         f"{os.fspath(source)}: after seeking, frame {index_k} has pts {pts}, not the index's; "
                         "this file cannot be decoded from the middle"
                     )
-                last_pts = pts
                 index_k += 1
                 if index_k <= start:
                     continue  # before `start`: decoded (the deinterlacer's warm-up), not converted

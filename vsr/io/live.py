@@ -28,7 +28,7 @@ import numpy as np
 
 from vsr.errors import CodecError, InputError, OutputError, UsageError
 from vsr.frame import Frame
-from vsr.io.decoder import deinterlaced, same_size, to_rgb
+from vsr.io.decoder import Increasing, deinterlaced, same_size, to_rgb
 from vsr.io.encoder import (
     EncoderSettings,
     StreamFormat,
@@ -81,6 +81,13 @@ class LiveInput:
     ...) and the other streams' packets as `Copied` (hand them to `LiveOutput.write_packet`).
     A read that waits longer than `timeout` seconds, a broken connection or corrupt data
     raise InputError; the end of the stream (the publisher stopped) ends the iteration.
+
+    Timestamps come out strictly increasing, stream by stream (`vsr.io.decoder.Increasing`,
+    as the file decoder and FFmpeg do): a frame or packet not after the previous one of its
+    stream (the publisher's encoder restarted, MPEG-TS segments whose clocks restart) gets
+    the previous one plus its last spacing, with one warning per stream. Each stream is
+    re-stamped on its own clock, so audio stays in sync as long as all streams restart
+    together (a publisher's restart does), within about one audio packet.
     """
 
     def __init__(self, source: str | os.PathLike, *, timeout: float = 10.0, deinterlace: str = "auto",
@@ -89,6 +96,7 @@ class LiveInput:
         self._timeout = timeout
         self._deinterlace = deinterlace
         self._pending: deque = deque()  # other streams' packets demuxed before the next frame
+        self._clocks: dict[int, Increasing] = {}  # per copied stream: its timestamps made increasing
         self._container = _open(self.source, timeout)
         try:
             vs = video_stream(self._container, self.source)
@@ -116,30 +124,42 @@ class LiveInput:
                 if pkt.stream.index == self._video.index:
                     yield from pkt.decode()
                 elif pkt.stream.index in copied and pkt.size:  # size 0: demuxer flush packets
-                    self._pending.append(Copied(pkt.stream.index, pkt))
+                    self._pending.append(Copied(pkt.stream.index, self._increasing(pkt)))
         except av.ExitError as exc:  # PyAV's read timeout interrupted the read
             raise InputError(f"input {self.source} broke: no data for {self._timeout:g} s") from exc
         except av.FFmpegError as exc:
             raise InputError(f"input {self.source} broke: {reason(exc)}") from exc
+
+    def _increasing(self, pkt: av.Packet) -> av.Packet:
+        """`pkt` with its dts (and pts, by as much) made strictly increasing in its stream."""
+        ts = pkt.dts if pkt.dts is not None else pkt.pts
+        if ts is None:
+            return pkt
+        clock = self._clocks.setdefault(pkt.stream.index, Increasing(f"{self.source} stream {pkt.stream.index}"))
+        shift = clock(ts, max(1, pkt.duration or 1), "a packet") - ts
+        if shift:
+            pkt.dts = None if pkt.dts is None else pkt.dts + shift
+            pkt.pts = None if pkt.pts is None else pkt.pts + shift
+        return pkt
 
     def __iter__(self) -> Iterator[Frame | Any]:
         info = self.info
         first, self._first = self._first, None
         frames = same_size(_chain(first, self._frames), (info.width, info.height))
         k = 0
-        last, step = None, None  # a frame without pts gets the last one's plus the last step
-        if info.rate:
-            step = max(1, round(1 / (info.rate * info.time_base)))
+        # strictly increasing pts (a publisher's encoder restarting, concatenated segments):
+        # a frame without one, or one not after the previous, gets the previous plus the last step
+        increasing = Increasing(self.source)
+        step = max(1, round(1 / (info.rate * info.time_base))) if info.rate else 1
         try:
             for frame, rotation in deinterlaced(frames, self._video, _mode(info, self._deinterlace)):
                 while self._pending:
                     yield self._pending.popleft()
                 pts = frame.pts
-                if pts is None and last is not None:
-                    pts = last + (step or 1)
-                if pts is not None and last is not None and pts > last:
-                    step = pts - last
-                last = pts
+                if pts is None and increasing.last is not None:
+                    pts = increasing.last + (increasing.step or step)
+                if pts is not None:
+                    pts = increasing(pts, step, f"frame {k}")
                 img = to_rgb(frame, info)
                 turns = (int(round(rotation / 90.0)) % 4) if rotation else 0
                 if turns:
