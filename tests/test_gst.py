@@ -101,3 +101,22 @@ def test_vsrupscale_in_a_gst_rtsp_server_pipeline(tmp_path, tiny_model_dir):
     finally:
         server.terminate()
         server.wait(10)
+
+
+@pytest.mark.parametrize("target, words", [
+    ("nosuch", "target=nosuch"),
+    ("32p", "target=32p"),
+    ("100x20", "64x48 input"),  # a valid size, but not for this input
+])
+def test_vsrupscale_bad_target_says_why_on_the_bus(tmp_path, tiny_model_dir, target, words):
+    launch = need("gst-launch-1.0")
+    if system_python_version() != "%d.%d" % sys.version_info[:2] and not os.environ.get("CI"):
+        pytest.skip("GStreamer's Python loader runs another Python")
+    cmd = [
+        launch, "videotestsrc", "num-buffers=1", "!", "video/x-raw,width=64,height=48", "!",
+        "vsrupscale", f"target={target}", f"model={tiny_model_dir}", "steps=1", "!", "videoconvert", "!", "fakesink",
+    ]
+    p = subprocess.run(cmd, env=_gst_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0
+    errors = [line for line in (p.stdout + p.stderr).splitlines() if line.startswith("ERROR: from element")]
+    assert errors and words in errors[0], p.stdout[-2000:] + p.stderr[-2000:]

@@ -30,6 +30,21 @@ CAPS = Gst.Caps.from_string(f"video/x-raw,format=RGB,width=[1,{MAX_SIDE}],height
 RW = GObject.ParamFlags.READWRITE
 
 
+def _check_target(target: str) -> str | None:
+    """Why `target` is not an output height or WxH (None: it is, or it is empty)."""
+    from vsr.targets import parse_size, parse_target
+
+    target = (target or "").strip()
+    try:
+        if "x" in target.lower():
+            parse_size(target)
+        elif target:
+            parse_target(target)
+    except Exception as exc:  # noqa: BLE001 - vsr's UsageError: its message says why
+        return f"vsrupscale target={target}: {exc}"
+    return None
+
+
 def _output_size(width: int, height: int, target: str, scale: float) -> tuple[int, int]:
     """The output (width, height) for an input, by vsr's own size rules (even sides)."""
     from vsr.targets import parse_size, plan_output
@@ -65,31 +80,52 @@ class VsrUpscale(GstBase.BaseTransform):
         self._upscaler = None
         self._base = None  # the upscaler before the size is known (weights loaded once)
         self._in = self._out = None
+        self._target_error: str | None = None  # a bad `target`, said when the pipeline starts
+        self._posted: set[str] = set()  # errors already on the bus (caps are asked many times)
 
     def do_get_property(self, prop: GObject.ParamSpec):
         return self._props[prop.name]
 
     def do_set_property(self, prop: GObject.ParamSpec, value) -> None:
         self._props[prop.name] = value
+        if prop.name == "target":  # checked now; the element has no bus yet to say it on
+            self._target_error = _check_target(value)
+            if self._target_error:
+                Gst.error(self._target_error)
         if prop.name != "target" and prop.name != "scale":
             self._base = None  # the model or its config changed: rebuild at the next caps
 
+    def _error(self, message: str) -> None:
+        """Post `message` as an element error on the bus (gst-launch prints it and exits 1), once."""
+        if message not in self._posted and self.post_message(Gst.Message.new_error(self, _gerror(message), message)):
+            self._posted.add(message)  # (before the element is in a pipeline there is no bus: not posted)
+
+    def do_start(self) -> bool:
+        if self._target_error:
+            self._error(self._target_error)
+            return False
+        return True
+
     # -- caps: the output size follows from the input size --------------------------
+    def _size(self, width: int, height: int) -> tuple[int, int] | None:
+        """The output size for this input, or None when `target` is refused (`do_set_caps`
+        then says why on the bus: when caps are linked there is no bus yet)."""
+        try:
+            return _output_size(width, height, self._props["target"], self._props["scale"])
+        except Exception:  # noqa: BLE001 - vsr's UsageError, posted by do_set_caps
+            return None
+
     def do_transform_caps(self, direction: Gst.PadDirection, caps: Gst.Caps, filter_: Gst.Caps) -> Gst.Caps:
         out = Gst.Caps.new_empty()
         for i in range(caps.get_size()):
             s = caps.get_structure(i).copy()
             ok_w, w = s.get_int("width")
             ok_h, h = s.get_int("height")
-            if direction == Gst.PadDirection.SINK and ok_w and ok_h:
-                try:
-                    ow, oh = _output_size(w, h, self._props["target"], self._props["scale"])
-                except Exception as exc:  # noqa: BLE001 - a size vsr refuses: no caps
-                    Gst.error(f"vsrupscale: {exc}")
-                    continue
-                s.set_value("width", ow)
-                s.set_value("height", oh)
-            else:  # the other way round, or unfixed: any size
+            size = self._size(w, h) if direction == Gst.PadDirection.SINK and ok_w and ok_h else None
+            if size is not None:
+                s.set_value("width", size[0])
+                s.set_value("height", size[1])
+            else:  # the other way round, unfixed, or a size vsr refuses (said by set_caps): any size
                 s.set_value("width", Gst.IntRange(range(1, MAX_SIDE + 1)))
                 s.set_value("height", Gst.IntRange(range(1, MAX_SIDE + 1)))
             s.remove_field("pixel-aspect-ratio")
@@ -105,9 +141,10 @@ class VsrUpscale(GstBase.BaseTransform):
             ins = caps.get_structure(0)
             _, w = ins.get_int("width")
             _, h = ins.get_int("height")
-            ow, oh = _output_size(w, h, self._props["target"], self._props["scale"])
-            s.fixate_field_nearest_int("width", ow)
-            s.fixate_field_nearest_int("height", oh)
+            size = self._size(w, h)
+            if size is not None:
+                s.fixate_field_nearest_int("width", size[0])
+                s.fixate_field_nearest_int("height", size[1])
             ok, num, den = ins.get_fraction("framerate")
             if ok:
                 s.fixate_field_nearest_fraction("framerate", num, den)
@@ -121,6 +158,14 @@ class VsrUpscale(GstBase.BaseTransform):
         self._in = GstVideo.VideoInfo.new_from_caps(incaps)
         self._out = GstVideo.VideoInfo.new_from_caps(outcaps)
         try:
+            if self._target_error:
+                raise ValueError(self._target_error)
+            _output_size(self._in.width, self._in.height, self._props["target"], self._props["scale"])
+        except Exception as exc:  # noqa: BLE001 - a target refused for this input
+            self._error(self._target_error or f"vsrupscale target={self._props['target']}: "
+                        f"{self._in.width}x{self._in.height} input: {exc}")
+            return False
+        try:
             if self._base is None:
                 from vsr.config import EngineConfig
                 from vsr.engine import Upscaler
@@ -131,7 +176,7 @@ class VsrUpscale(GstBase.BaseTransform):
                 self._base = Upscaler.from_pretrained(p["model"] or None, config=config)
             self._upscaler = self._base.with_config(size=(self._out.width, self._out.height))
         except Exception as exc:  # noqa: BLE001 - reported on the bus, negotiation fails
-            self.post_message(Gst.Message.new_error(self, _gerror(str(exc)), str(exc)))
+            self._error(str(exc))
             return False
         return True
 
@@ -144,7 +189,7 @@ class VsrUpscale(GstBase.BaseTransform):
         try:
             up = self._upscaler(image)
         except Exception as exc:  # noqa: BLE001 - an error on the bus stops the pipeline
-            self.post_message(Gst.Message.new_error(self, _gerror(str(exc)), str(exc)))
+            self._error(str(exc))
             return Gst.FlowReturn.ERROR
         stride = vout.stride[0]
         if stride != vout.width * 3:
