@@ -27,22 +27,22 @@ def _key_value(text: str) -> tuple[str, str]:
     return k.strip(), v.strip()
 
 
-def _steps(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer in 1..50 or 'auto', got {text!r}") from None
+def _auto_or(kind: type, expected: str):
+    """An argparse type: 'auto', or `kind(text)`; otherwise a usage error naming `expected`."""
+
+    def parse(text: str):
+        if text == "auto":
+            return text
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected} or 'auto', got {text!r}") from None
+
+    return parse
 
 
-def _noise_level(text: str) -> float | str:
-    if text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or 'auto', got {text!r}") from None
+_steps = _auto_or(int, "an integer in 1..50")
+_noise_level = _auto_or(float, "a number in (0, 1)")
 
 
 def add_size_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
