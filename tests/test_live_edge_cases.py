@@ -132,3 +132,26 @@ def test_timestamps_going_back_are_restamped_with_audio_in_step(tmp_path, tiny_m
     assert abs(times["video"][-1] - times["audio"][-1]) < 0.2, times  # the second segment's sound still in step
     assert times["video"][-1] > 3.5
     assert 1 <= sum("renumbered" in r.getMessage() for r in caplog.records) <= 2  # once per stream
+
+
+# --------------------------------------------------------------- a silent stdin producer
+def test_a_stdin_producer_that_goes_silent_ends_the_stream_after_timeout(tmp_path, tiny_model_dir):
+    """FFmpeg's pipe: read blocks and never sees the interrupt callback: stdin is read through
+    a select(2)-bounded reader, so a producer that keeps the pipe open and stops writing ends
+    the stream with exit 3 after --timeout, as a silent network source does."""
+    data = write_clip(tmp_path / "in.ts", width=64, height=48, frames=2 * FPS, fps=FPS).read_bytes()
+    out = tmp_path / "out.ts"
+    p = subprocess.Popen(vsr_argv() + ["stream", "-", str(out), "--model", str(tiny_model_dir), "--threads", "1",
+                                       "--timeout", "2"], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdin.write(data[: len(data) // 2])
+    p.stdin.flush()  # and keep it open: the producer is alive but silent
+    try:
+        p.wait(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.stdin.close()
+    err = p.stderr.read().decode()
+    assert p.returncode == 3, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "input - broke: no data for 2 s" in lines[0], err

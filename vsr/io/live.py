@@ -13,9 +13,12 @@ and packets they hand back unopened.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
+import select
+import sys
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -125,7 +128,7 @@ class LiveInput:
                     yield from pkt.decode()
                 elif pkt.stream.index in copied and pkt.size:  # size 0: demuxer flush packets
                     self._pending.append(Copied(pkt.stream.index, self._increasing(pkt)))
-        except av.ExitError as exc:  # PyAV's read timeout interrupted the read
+        except (av.ExitError, StdinTimeout) as exc:  # PyAV's read timeout, or stdin's (_TimedPipe)
             raise InputError(f"input {self.source} broke: no data for {self._timeout:g} s") from exc
         except av.FFmpegError as exc:
             raise InputError(f"input {self.source} broke: {reason(exc)}") from exc
@@ -203,19 +206,47 @@ def _mode(info: VideoInfo, deinterlace: str) -> str:
     return deinterlace
 
 
+class StdinTimeout(OSError):
+    """No byte arrived on standard input within the read timeout."""
+
+
+class _TimedPipe(io.RawIOBase):
+    """Standard input for PyAV with a read timeout: FFmpeg's `pipe:` protocol blocks in
+    read(2) and never consults the interrupt callback that bounds network reads, so a
+    producer that keeps the pipe open and goes silent would hang the stream. Each read
+    waits at most `timeout` seconds for data (select(2)), then raises StdinTimeout."""
+
+    def __init__(self, fd: int, timeout: float):
+        super().__init__()
+        self._fd, self._timeout = fd, timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        ready, _, _ = select.select([self._fd], [], [], self._timeout)
+        if not ready:
+            raise StdinTimeout(f"no data for {self._timeout:g} s")
+        data = os.read(self._fd, len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
 def _open(source: str, timeout: float) -> av.container.InputContainer:
     """Open for live reading: a bounded probe (FFmpeg reads until every stream's parameters
     are known, at most 1.5 s or 1 MB; no frame-rate estimation: the pts say it), and `timeout` seconds
     for the connection and for each read (PyAV's interrupt callback), so a publisher that
     goes silent ends the read instead of hanging it."""
     options = {"analyzeduration": "1500000", "probesize": "1000000", "fpsprobesize": "0"}
-    target = "pipe:" if source == "-" else source
-    if not is_url(source):
+    target = _TimedPipe(sys.stdin.fileno(), timeout) if source == "-" else source
+    if source != "-" and not is_url(source):
         p = Path(source)
         if not p.is_file() or p.stat().st_size == 0:
             raise InputError(f"input not found or empty: {source}")
     try:
         return av.open(target, "r", container_options=options, timeout=(timeout, timeout))
+    except StdinTimeout as exc:
+        raise InputError(f"cannot read {source}: {exc}") from None
     except av.FFmpegError as exc:
         raise InputError(f"cannot read {source}: {reason(exc)}") from exc
 
