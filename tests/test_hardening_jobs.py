@@ -8,7 +8,6 @@ writes. Every failure is one `vsr: ...` line with its exit code, never a traceba
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -212,14 +211,21 @@ def test_journal_lines_carry_a_checksum_and_a_torn_or_damaged_line_is_ignored(tm
     assert read_journal(path) == recs[:1]
 
 
-def test_kill_9_mid_journal_line_then_resume_redoes_that_segment(clip, reference, tiny_model_dir, tmp_path):
-    out = tmp_path / "out.mkv"
-    args = [clip, out, "--model", tiny_model_dir, *OPTS, "--segment-frames", "3"]
+def _killed_after(clip, out, model, segments: int) -> list:
+    """Start a 3-frame-segment job into `out`, SIGKILL it once `segments` are journalled;
+    its arguments (for the resume)."""
+    args = [clip, out, "--model", model, *OPTS, "--segment-frames", "3"]
     run = subprocess.Popen(_cli(*args), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    journal = temp_dir_for(out) / JOURNAL
-    _wait(lambda: _segments(journal) >= 3, run)
+    _wait(lambda: _segments(temp_dir_for(out) / JOURNAL) >= segments, run)
     run.kill()
     run.wait(timeout=60)
+    return args
+
+
+def test_kill_9_mid_journal_line_then_resume_redoes_that_segment(clip, reference, tiny_model_dir, tmp_path):
+    out = tmp_path / "out.mkv"
+    args = _killed_after(clip, out, tiny_model_dir, 3)
+    journal = temp_dir_for(out) / JOURNAL
     # what a kill -9 inside write() leaves: the last record cut short, no newline
     text = journal.read_text()
     last = text.rstrip("\n").rsplit("\n", 1)[1]
@@ -364,12 +370,8 @@ def test_journal_records_the_resolved_device_dtype_and_torch_and_a_mismatch_is_r
     import torch
 
     out = tmp_path / "out.mkv"
-    args = [clip, out, "--model", tiny_model_dir, *OPTS, "--segment-frames", "3"]
-    run = subprocess.Popen(_cli(*args), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = _killed_after(clip, out, tiny_model_dir, 1)
     journal = temp_dir_for(out) / JOURNAL
-    _wait(lambda: _segments(journal) >= 1, run)
-    run.kill()
-    run.wait(timeout=60)
     records = read_journal(journal)
     header = records[0]["header"]
     assert header["runtime"] == {"device": "cpu", "dtype": "float32", "torch": torch.__version__}
@@ -488,12 +490,8 @@ def test_files_in_the_work_folder_are_created_without_following_symlinks(clip, r
     """A symlink planted in an interrupted run's folder at the name of the next segment's
     .part and of the staged output: resume writes neither through it."""
     out = tmp_path / "out.mkv"
-    args = [clip, out, "--model", tiny_model_dir, *OPTS, "--segment-frames", "3"]
-    run = subprocess.Popen(_cli(*args), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = _killed_after(clip, out, tiny_model_dir, 2)
     folder = temp_dir_for(out)
-    _wait(lambda: _segments(folder / JOURNAL) >= 2, run)
-    run.kill()
-    run.wait(timeout=60)
     victim = tmp_path / "victim.bin"
     victim.write_bytes(b"precious")
     for k in range(2, 7):
