@@ -257,6 +257,7 @@ def stream_video(
         raise
     finally:
         halt.set()  # the reader stops (at its next item)
+        helper.close()  # the model thread ends after the call it may still be in
         writer.finish()
         result.rung_costs = {n: (None if c is None else round(c, 4)) for n, c in zip(rungs.names, control.costs)}
         if stats is not None:  # the statistics end with "done", also when the stream failed

@@ -23,15 +23,24 @@ END = object()  # queued by the Reader after the last item, and to the Writer to
 
 class ModelThread:
     """One daemon thread running one call at a time; the caller may stop waiting for it
-    (a stop request during a slow frame), and the process may exit while it runs."""
+    (a stop request during a slow frame), and the process may exit while it runs.
+    `close()` ends the thread after the call it is in (a stream run from a long-lived
+    process leaves no thread behind); it does not wait for that call."""
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._loop, name="vsr-model", daemon=True).start()
+        self._thread = threading.Thread(target=self._loop, name="vsr-model", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._jobs.put(None)
 
     def _loop(self) -> None:
         while True:
-            fn, args, box = self._jobs.get()
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, args, box = job
             try:
                 box["value"] = fn(*args)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller

@@ -51,6 +51,26 @@ def test_sigterm_while_the_model_thread_is_in_torch_exits_0(tmp_path, tiny_model
     assert "terminate called" not in err and err.startswith("vsr stream: "), err
 
 
+
+def test_a_stream_run_from_python_leaves_no_model_thread_behind(tmp_path, tiny_model_dir):
+    """A server calling stream_video once per publisher must not gain a thread per call:
+    the model thread ends once the stream has returned (after the call it may be in)."""
+    import threading
+
+    from vsr.pipelines.stream import stream_video
+
+    clip = write_clip(tmp_path / "in.ts", width=32, height=24, frames=FPS, fps=FPS, audio=False)
+    before = set(threading.enumerate())
+    for i in range(2):
+        result = stream_video(str(clip), str(tmp_path / f"out{i}.ts"), model=str(tiny_model_dir),
+                              config={"steps": 1}, ladder=False)
+        assert result.ended and result.frames == FPS
+    new = [t for t in threading.enumerate() if t not in before and t.name == "vsr-model"]
+    deadline = time.monotonic() + 10
+    while any(t.is_alive() for t in new) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [t for t in threading.enumerate() if t not in before and t.name == "vsr-model"]
+
 # ------------------------------------------------------------------------ the engine
 def test_a_plain_av_frame_without_time_base_is_upscaled(up):
     frame = av.VideoFrame.from_ndarray(np.full((16, 24, 3), 90, np.uint8), format="rgb24")

@@ -35,10 +35,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "corpus": ("vsr.pipelines.corpus", "build the training corpus from registry packages"),
     "train": ("vsr.pipelines.train_prior", "train the default diffusion prior"),
 }
-# Commands whose process ends with os._exit once the outputs are flushed: `vsr stream`
-# may return while its model thread is still inside torch, and the interpreter's shutdown
-# then aborts (SIGABRT, "terminate called without an active exception") instead of
-# returning the documented code.
+# Commands whose process ends with os._exit once the outputs are flushed: a stopped
+# `vsr stream` returns without waiting for the frame its model thread is upscaling (a
+# stop must not wait seconds for it; the thread ends after that call), and an interpreter
+# shutdown while that thread is inside torch aborts (SIGABRT, "terminate called without
+# an active exception") instead of returning the documented code.
 EXIT_AT_ONCE = {"stream"}
 
 
