@@ -43,6 +43,7 @@ def _auto_or(kind: type, expected: str):
 
 _steps = _auto_or(int, "an integer in 1..50")
 _noise_level = _auto_or(float, "a number in (0, 1)")
+_overlap = _auto_or(int, "an integer number of pixels")
 
 
 def add_size_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -72,7 +73,8 @@ def add_model_args(
     g.add_argument("--consistency", type=int, metavar="N",
                    help="back-projection passes per step so the output downscales to the input (default 1; 0 = off)")
     g.add_argument("--tile", type=int, help="tile size in pixels (default: the model's crop)")
-    g.add_argument("--overlap", type=int, help="tile overlap in pixels")
+    g.add_argument("--overlap", type=_overlap,
+                   help="pixels neighbouring tiles share, at most half the tile (default auto: 32, or half a smaller tile)")
     g.add_argument("--batch", type=int, help="tiles per model call (memory)")
     g.add_argument("--seed", type=int, help="noise seed")
     g.add_argument("--noise", choices=("shared", "fresh"), help="noise shared by all frames (steady) or fresh per frame")

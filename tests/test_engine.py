@@ -235,7 +235,7 @@ def test_noise_levels_timesteps_and_validation(engine, tiny_model_dir):
     with pytest.raises(ConfigError, match="timesteps"):
         engine.with_config(timesteps=(1000, 10)).timesteps_for(2.0)
     with pytest.raises(ConfigError, match="tile"):
-        Upscaler.from_pretrained(str(tiny_model_dir), tile=30)
+        Upscaler.from_pretrained(str(tiny_model_dir), tile=30, overlap=16)  # above half the tile
     assert engine.with_config(size=(50, 30)).model is engine.model  # same weights, new size
     with pytest.raises(InputError):
         engine("not a frame")

@@ -4,7 +4,7 @@
 timestamps are renumbered instead of failing at the mux, .avi and unknown extensions are
 bad arguments, a second run on one OUT is refused before the model loads, --resume of a
 finished job says why it cannot tell, a full-reference eval leaves NIQE out on small
-frames, an overlap not below the tile is a config error, and the small ones.
+frames, an overlap above half the tile is a config error, and the small ones.
 """
 from __future__ import annotations
 
@@ -156,12 +156,19 @@ def test_full_reference_eval_leaves_niqe_out_on_small_frames(caplog):
 
 
 # ---------------------------------------------------------------- 8. overlap and the tile
-def test_overlap_not_below_the_tile_is_a_config_error(tiny_model_dir):
+def test_an_overlap_above_half_the_tile_is_a_config_error_whoever_sets_the_tile(tiny_model_dir):
     from vsr.engine import Upscaler
 
-    with pytest.raises(ConfigError, match="overlap.*less than the tile \\(the model's crop 32\\)"):
+    with pytest.raises(ConfigError, match="overlap.*at most half the tile \\(the model's crop 32\\)"):
         Upscaler.from_pretrained(str(tiny_model_dir), overlap=300)
-    assert Upscaler.from_pretrained(str(tiny_model_dir)).overlap == 16  # the default, capped for a 32 px crop
+    # an explicit 32 is not capped in silence on a 32-px crop (it was, being the old default's value)
+    with pytest.raises(ConfigError, match="overlap.*at most half the tile \\(the model's crop 32\\)"):
+        Upscaler.from_pretrained(str(tiny_model_dir), overlap=32)
+    with pytest.raises(ConfigError, match="overlap.*at most half the tile \\(--tile 32\\)"):
+        Upscaler.from_pretrained(str(tiny_model_dir), tile=32, overlap=20)
+    assert Upscaler.from_pretrained(str(tiny_model_dir)).overlap == 16  # auto: 32, at most half a 32 px crop
+    assert Upscaler.from_pretrained(str(tiny_model_dir), overlap=16).overlap == 16
+    assert Upscaler.from_pretrained(str(tiny_model_dir), tile=128).overlap == 32
 
 
 def test_overlap_300_on_the_command_line_exits_2(tmp_path, tiny_model_dir, capsys):

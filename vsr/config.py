@@ -43,15 +43,16 @@ def _fail(name: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"config field '{name}' = {value!r} is invalid: expected {allowed}")
 
 
-OVERLAP_DEFAULT = 32  # capped at half the tile for a model whose crop is that small
+OVERLAP_AUTO = 32  # overlap "auto": this many pixels, at most half the tile (a small-crop model)
 
 
 def check_overlap(overlap: int, tile: int, whose: str) -> None:
-    """ConfigError when `overlap` is not below `tile` (neighbouring tiles would never move
-    on): checked for a `tile` given in the config here, and for the model card's crop
-    (`whose` names it) when the engine loads the model and the tile size is known."""
-    if overlap >= tile:
-        _fail("overlap", overlap, f"less than the tile ({whose} {tile}); at most half of it, e.g. --overlap {tile // 4}")
+    """ConfigError when an explicit `overlap` is above half the `tile` (tiles would
+    overlap three deep, and at the tile itself never move on): checked for a tile given
+    in the config here, and for the model card's crop (`whose` names it) when the engine
+    loads the model and the tile size is known."""
+    if overlap * 2 > tile:
+        _fail("overlap", overlap, f"'auto' or at most half the tile ({whose} {tile}), e.g. --overlap {tile // 4}")
 
 
 def _is_int(v: Any) -> bool:
@@ -86,7 +87,7 @@ class EngineConfig:
     noise_level: float | Literal["auto"] = "auto"
     consistency: int = 1
     tile: int | None = None
-    overlap: int = OVERLAP_DEFAULT
+    overlap: int | Literal["auto"] = "auto"
     batch: int = 8
     seed: int = 0
     noise: Literal["shared", "fresh"] = "shared"
@@ -139,14 +140,11 @@ class EngineConfig:
             _fail("consistency", self.consistency, "an integer in 0..10 (back-projection passes per step; 0 = off)")
         if self.tile is not None and (not _is_int(self.tile) or not 8 <= self.tile <= 4096):
             _fail("tile", self.tile, "null (the model card's crop) or an integer in 8..4096")
-        if not _is_int(self.overlap) or not 0 <= self.overlap <= 2048:
-            _fail("overlap", self.overlap, "an integer in 0..2048 (32-64 is typical)")
-        if self.tile is not None and self.overlap * 2 > self.tile:
-            _fail(
-                "overlap", self.overlap,
-                f"at most half the tile ({self.tile // 2}); with a tile this small set overlap too, "
-                f"e.g. --overlap {self.tile // 4}",
-            )
+        if self.overlap != "auto":
+            if not _is_int(self.overlap) or not 0 <= self.overlap <= 2048:
+                _fail("overlap", self.overlap, "'auto' or an integer in 0..2048 (32-64 is typical)")
+            if self.tile is not None:
+                check_overlap(self.overlap, self.tile, "--tile")
         if not _is_int(self.batch) or not 1 <= self.batch <= 4096:
             _fail("batch", self.batch, "an integer in 1..4096 (tiles per model call)")
         if not _is_int(self.seed) or not 0 <= self.seed < 2**63:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vsr.config import OVERLAP_DEFAULT, EngineConfig, check_overlap
+from vsr.config import OVERLAP_AUTO, EngineConfig, check_overlap
 from vsr.errors import ConfigError, InputError, ResourceError
 from vsr.frame import Frame
 from vsr.core.resample import resize
@@ -133,15 +133,16 @@ class Upscaler:
                 f"config field 'tile' = {tile} is invalid: expected a multiple of {model.down_factor} "
                 f"(the model's downsampling factor)"
             )
-        if self.config.overlap != OVERLAP_DEFAULT:  # the default is capped for a small-crop model
+        if self.config.overlap != "auto":
             check_overlap(self.config.overlap, tile, "the model's crop" if self.config.tile is None else "--tile")
-        if 2 * self.config.overlap > tile:
-            log.info("overlap %d capped at half the tile (%d)", self.config.overlap, tile // 2)
 
     @property
     def overlap(self) -> int:
-        """config.overlap, capped at half the tile (a small-crop model with the default 32)."""
-        return min(self.config.overlap, self.tile // 2)
+        """Pixels neighbouring tiles share: config.overlap, or for "auto" 32 capped at half
+        the tile (a small-crop model)."""
+        if self.config.overlap == "auto":
+            return min(OVERLAP_AUTO, self.tile // 2)
+        return self.config.overlap
 
     def denoiser(self) -> ModelDenoiser:
         """The model on the resolved device/dtype (resolved once, on first use)."""
