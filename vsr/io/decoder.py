@@ -104,18 +104,25 @@ def _mode(info: VideoInfo, deinterlace: str) -> str:
 
 class Increasing:
     """Strictly increasing timestamps for one stream (see `decode`): one not above the
-    previous (every frame at 0, a clock that restarts) becomes the previous plus the last
-    spacing (`first_step` while there is none yet), with one warning naming `what`."""
+    previous (every frame at 0, a clock that restarts), or a missing one, becomes the
+    previous plus the last genuine spacing (`first_step` while there is none yet), with
+    one warning naming `what` for the first that was not after the previous."""
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, first_step: int):
         self.what = what
+        self.first_step = first_step
         self.last: int | None = None
         self.step: int | None = None  # the last genuine spacing
         self.renumbered = False
 
-    def __call__(self, ts: int, first_step: int, item: str) -> int:
-        if self.last is not None and ts <= self.last:
-            fixed = self.last + (self.step or first_step)
+    def __call__(self, ts: int | None, item: str) -> int | None:
+        """ts made strictly increasing; None stays None only before the first timestamp."""
+        if ts is None:
+            if self.last is None:
+                return None
+            ts = self.last + (self.step or self.first_step)
+        elif self.last is not None and ts <= self.last:
+            fixed = self.last + (self.step or self.first_step)
             if not self.renumbered:
                 log.warning("%s: %s has pts %d, not after the previous one's %d: renumbered to %d "
                             "(and so on for the next such)", self.what, item, ts, self.last, fixed)
@@ -140,18 +147,19 @@ def _frames(
         if point is not None:  # an open GOP's leading pictures: decoded from missing references
             index_k = point.frame
             decoded = (f for f in decoded if f.pts is None or f.pts >= point.pts)
-        increasing = Increasing(os.fspath(source))
+        increasing: Increasing | None = None
         try:
             frames = same_size(decoded, (info.width, info.height), index_k)
             for frame, rotation in deinterlaced(frames, vs, _mode(info, deinterlace)):
                 if stop is not None and index_k >= stop:
                     return
+                if increasing is None:  # one frame duration in the stream's time base
+                    tick = 1 / ((info.rate or DEFAULT_RATE) * (frame.time_base or info.time_base))
+                    increasing = Increasing(os.fspath(source), max(1, round(tick)))
                 pts = frame.pts
-                tick = 1 / ((info.rate or DEFAULT_RATE) * (frame.time_base or info.time_base))
-                if pts is None:  # numbered from the frame rate (`probe` gives 25 fps when none is known)
-                    last, step = increasing.last, increasing.step
-                    pts = last + (step or max(1, round(tick))) if last is not None else round(index_k * tick)
-                pts = increasing(pts, max(1, round(tick)), f"frame {index_k}")  # see `decode`
+                if pts is None and increasing.last is None:  # numbered from the frame rate (25 fps when unknown)
+                    pts = round(index_k * tick)
+                pts = increasing(pts, f"frame {index_k}")  # see `decode`
                 if point is not None and (index_k >= len(index) or pts != index.pts[index_k]):
                     raise InputError(
                         f"{os.fspath(source)}: after seeking, frame {index_k} has pts {pts}, not the index's; "

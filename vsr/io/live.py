@@ -138,8 +138,11 @@ class LiveInput:
         ts = pkt.dts if pkt.dts is not None else pkt.pts
         if ts is None:
             return pkt
-        clock = self._clocks.setdefault(pkt.stream.index, Increasing(f"{self.source} stream {pkt.stream.index}"))
-        shift = clock(ts, max(1, pkt.duration or 1), "a packet") - ts
+        clock = self._clocks.get(pkt.stream.index)
+        if clock is None:
+            clock = self._clocks[pkt.stream.index] = Increasing(f"{self.source} stream {pkt.stream.index}",
+                                                                max(1, pkt.duration or 1))
+        shift = clock(ts, "a packet") - ts
         if shift:
             pkt.dts = None if pkt.dts is None else pkt.dts + shift
             pkt.pts = None if pkt.pts is None else pkt.pts + shift
@@ -152,17 +155,12 @@ class LiveInput:
         k = 0
         # strictly increasing pts (a publisher's encoder restarting, concatenated segments):
         # a frame without one, or one not after the previous, gets the previous plus the last step
-        increasing = Increasing(self.source)
-        step = max(1, round(1 / (info.rate * info.time_base))) if info.rate else 1
+        increasing = Increasing(self.source, max(1, round(1 / (info.rate * info.time_base))) if info.rate else 1)
         try:
             for frame, rotation in deinterlaced(frames, self._video, _mode(info, self._deinterlace)):
                 while self._pending:
                     yield self._pending.popleft()
-                pts = frame.pts
-                if pts is None and increasing.last is not None:
-                    pts = increasing.last + (increasing.step or step)
-                if pts is not None:
-                    pts = increasing(pts, step, f"frame {k}")
+                pts = increasing(frame.pts, f"frame {k}")  # None only before the first timestamp
                 img = to_rgb(frame, info)
                 turns = (int(round(rotation / 90.0)) % 4) if rotation else 0
                 if turns:
