@@ -157,7 +157,8 @@ def upscale_video(
     if span[1] is not None:
         declared, ends_early = span[1] - span[0], False
     else:
-        declared, ends_early, index = present_frames(source, info, index)
+        present = present_frames(source, info, index)
+        declared, ends_early, index = present.expected, present.ends_early, present.index
     if segment_frames is None:
         old = interrupted_header(temp_dir_for(dst)) if resume else None
         segment_frames = old.get("segment_frames") if old else None

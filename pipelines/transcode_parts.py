@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from vsr import io
 from vsr.errors import InputError, UsageError
@@ -172,10 +172,20 @@ def frame_span(
     return (first, stop), (times[first], t1), index
 
 
-def present_frames(source: str, info: io.VideoInfo, index: io.FrameIndex | None) -> tuple[int | None, bool, io.FrameIndex | None]:
+class PresentFrames(NamedTuple):
+    """What `present_frames` found: the frames to expect (None: unknown), whether the
+    video ends before its declared duration, and the frame index read to tell (None when
+    none was read)."""
+
+    expected: int | None
+    ends_early: bool
+    index: io.FrameIndex | None
+
+
+def present_frames(source: str, info: io.VideoInfo, index: io.FrameIndex | None) -> PresentFrames:
     """For a container without a frame count of its own (Matroska, WebM, MPEG-TS; MP4's
-    sample table is exact): (the frames to expect, whether the video ends early, the
-    frame index read to tell).
+    sample table is exact): the frames to expect, whether the video ends early and the
+    frame index read to tell (`PresentFrames`).
 
     duration x rate is no count for a variable frame rate (6 frames over 0.42 s "declare"
     10 at a nominal 24 fps), so the frames are counted in the demux-only index
@@ -185,20 +195,21 @@ def present_frames(source: str, info: io.VideoInfo, index: io.FrameIndex | None)
     `VideoInfo.duration`). Then the frames to expect stay duration x rate, what the whole
     file would have had. A URL is not read twice for this, nor is a file the demuxer
     cannot read to its end: (info.frames, False, index)."""
+    declared = PresentFrames(info.frames, False, index)
     if info.frames_exact or io.is_url(source):
-        return info.frames, False, index
+        return declared
     try:
         index = index or io.scan(source, info)
     except InputError:  # damaged past some point: the decode reports where
-        return info.frames, False, index
+        return declared
     pts = index.pts
     if not pts:
-        return info.frames, False, index
+        return declared._replace(index=index)
     tb, rate = info.time_base, info.rate
     spacing = max((pts[-1] - pts[-2]) * tb if len(pts) > 1 else Fraction(0), 1 / rate if rate else Fraction(0))
     end = pts[-1] * tb - info.start + spacing
     early = bool(info.duration and spacing and Fraction(info.duration) - end > 2 * spacing)
-    return (info.frames if early else len(pts)), early, index
+    return PresentFrames(info.frames if early else len(pts), early, index)
 
 
 def shortfall(written: int, declared: int | None, exact: bool, damage: list[str], ends_early: bool = False) -> str | None:
