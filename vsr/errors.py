@@ -3,6 +3,8 @@
 Anything raised as a `VsrError` is printed by the CLI as one line (`vsr: <message>`)
 and turned into its exit code; anything else is a bug and exits 1 (the traceback is
 shown only with `--debug`). Codes are part of the CLI's contract: the README lists them.
+Messages name command-line options (`--overwrite`); a library caller passes the keyword
+of the same name with `_` for `-` (`overwrite=True`).
 """
 from __future__ import annotations
 
