@@ -118,6 +118,7 @@ def stream_video(
     stats_interval: float = 1.0,
     stop: threading.Event | None = None,
     overwrite: bool = False,
+    on_loaded: Callable[[], None] | None = None,
 ) -> StreamResult:
     """Upscale live `src` into live `dst` until `src` ends or `stop` is set.
 
@@ -128,7 +129,9 @@ def stream_video(
     `max_latency` is the ladder's budget in seconds; `ladder=False` keeps the configured
     steps whatever it costs. `stats` gets a dict every
     `stats_interval` seconds and, once the stream has started, one with "event": "done" at
-    the end (`summary`; with "error" when it failed). Raises InputError (exit 3) when `src`
+    the end (`summary`; with "error" when it failed). `on_loaded` is called once the model
+    is loaded and warmed up, just before the source is opened (start-up is over: from then
+    on `stop` is honoured within 2 s; the CLI stops at once before it). Raises InputError (exit 3) when `src`
     breaks, OutputError when `dst` does, UsageError for a bad option.
     """
     from vsr.io.live import LiveEncoding, LiveInput, LiveOutput, live_format, pixel_count  # noqa: F401 - LiveInput: annotations
@@ -169,6 +172,8 @@ def stream_video(
 
         upscaler = build_upscaler(model, config)
     warm_up(upscaler)
+    if on_loaded is not None:
+        on_loaded()
     halt = threading.Event()  # the reader stops reading
     inq: queue.Queue = queue.Queue(maxsize=QUEUE_ITEMS)
     reader = Reader(src, inq, halt, open_output, timeout=timeout, deinterlace=deinterlace, max_pixels=max_pixels)
@@ -353,6 +358,30 @@ class _LineLog:
 
 def run_cli(args: argparse.Namespace) -> int:
     """`vsr stream`: run until the input ends or a signal stops it; one summary line."""
+    stop = threading.Event()
+    starting = True  # until the model is loaded and warmed up: a stop ends the process at once
+
+    def on_signal(*_: Any) -> None:
+        stop.set()
+        if starting:  # nothing opened or written yet: `vsr.cli` says "stopped before the stream started", exit 0
+            raise KeyboardInterrupt
+
+    def on_loaded() -> None:
+        nonlocal starting
+        starting = False
+
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGTERM, signal.SIGINT):
+            old[s] = signal.signal(s, on_signal)
+    try:
+        return _run_cli(args, stop, on_loaded)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _run_cli(args: argparse.Namespace, stop: threading.Event, on_loaded: Callable[[], None]) -> int:
     from vsr.io import route_ffmpeg_logs
     from vsr.io.live import LiveEncoding
 
@@ -388,25 +417,17 @@ def run_cli(args: argparse.Namespace) -> int:
         preset=args.preset, tune=None if args.tune in ("none", "") else args.tune, keyint=args.keyint,
         pix_fmt=args.pix_fmt, options=tuple(args.encoder_opt),
     )
-    stop = threading.Event()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    old = {}
-    if threading.current_thread() is threading.main_thread():
-        for s in signals:
-            old[s] = signal.signal(s, lambda *_: stop.set())
     try:
         result = stream_video(
             args.input, args.output, model=args.model, config=engine_config_from_args(args), target=args.target,
             size=args.size, fit=args.fit, scale=args.scale, deinterlace=args.deinterlace, encoding=encoding,
             format=args.format, max_latency=args.max_latency, ladder=args.ladder == "on", timeout=args.timeout,
-            max_pixels=args.max_pixels, stats=stats, stop=stop, overwrite=args.overwrite,
+            max_pixels=args.max_pixels, stats=stats, stop=stop, overwrite=args.overwrite, on_loaded=on_loaded,
         )
     except Exception as exc:
         logline(f"vsr: {' '.join(str(exc).split())}")
         raise
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
         # the interpreter's last collection walks torch's and diffusers' object graph:
         # seconds on a busy machine, and a stopped worker must be gone within 2 s
         gc.freeze()

@@ -52,6 +52,21 @@ def test_sigterm_while_the_model_thread_is_in_torch_exits_0(tmp_path, tiny_model
 
 
 
+
+def test_sigterm_during_start_up_exits_0_at_once_without_output(tmp_path, tiny_model_dir):
+    """A server stopping a worker that is still importing torch or loading the model: exit 0
+    and one line, nothing written (it died by the signal, -15, during the imports; later in
+    the start-up it loaded and warmed the model up before seeing the stop: 5.4 s)."""
+    clip = write_clip(tmp_path / "in.ts", width=32, height=24, frames=FPS, fps=FPS, audio=False)
+    out = tmp_path / "out.ts"
+    p = _vsr("stream", clip, out, "--model", tiny_model_dir, "--ladder", "off", "--device", "cpu")
+    time.sleep(0.3)  # the CLI is importing its modules
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert err.strip().splitlines()[-1] == "vsr stream: stopped before the stream started", err
+    assert not out.exists()
+
 def test_a_stream_run_from_python_leaves_no_model_thread_behind(tmp_path, tiny_model_dir):
     """A server calling stream_video once per publisher must not gain a thread per call:
     the model thread ends once the stream has returned (after the call it may be in)."""

@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import NoReturn
 
-from vsr.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_RESOURCES, EXIT_USAGE, UsageError, VsrError
+from vsr.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_RESOURCES, EXIT_USAGE, UsageError, VsrError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,6 +41,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # shutdown while that thread is inside torch aborts (SIGABRT, "terminate called without
 # an active exception") instead of returning the documented code.
 EXIT_AT_ONCE = {"stream"}
+# Commands whose interrupted work continues with --resume (the interrupt message says so).
+RESUMABLE = {"upscale", "train"}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -124,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     as_program = argv is None  # the process itself (not a call from Python): it may set signal handlers
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
+    if as_program:  # imports take seconds: a SIGTERM meanwhile interrupts as Ctrl-C does, not kills (-15)
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     code = _dispatch(argv, command, as_program)
     if as_program and command in EXIT_AT_ONCE:
         _exit_now(code)
@@ -160,7 +166,11 @@ def _dispatch(argv: list[str], command: str | None, as_program: bool) -> int:
     except KeyboardInterrupt:
         if as_program:
             _ignore_further_interrupts()
-        print("vsr: interrupted (rerun with --resume to continue)", file=sys.stderr)
+        if command == "stream":  # stopped while starting: nothing was written, a stop is exit 0
+            print("vsr stream: stopped before the stream started", file=sys.stderr)
+            return EXIT_OK
+        hint = " (rerun with --resume to continue)" if command in RESUMABLE else ""
+        print(f"vsr: interrupted{hint}", file=sys.stderr)
         if as_program:
             _exit_interrupted()
         return EXIT_INTERRUPTED
