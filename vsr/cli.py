@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 # name -> (module, one-line help). Imported lazily so `vsr --help` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
     "upscale": ("vsr.pipelines.upscale_cli", "upscale a video file (the main job)"),
-    "stream": ("vsr.pipelines.stream", "upscale a live stream (RTMP, SRT, UDP, a pipe) in real time"),
+    "stream": ("vsr.pipelines.stream_cli", "upscale a live stream (RTMP, SRT, UDP, a pipe) in real time"),
     "gst-plugin-path": ("vsr.pipelines.gst", "print the folder to add to GST_PLUGIN_PATH for the vsrupscale element"),
     "calibrate": ("vsr.calibrate", "measure a model's Perceptual Recoverable Field per scale"),
     "models": ("vsr.models", "list the available models or show a model card"),
