@@ -147,7 +147,9 @@ class LoopbackCluster:
         ]
         t0 = time.perf_counter()
         # its own session: the node's daemons keep this process group, whatever happens to us
-        done = subprocess.run(cmd, env=cluster_env(), capture_output=True, text=True, start_new_session=True,
+        home = self.root / "home"
+        home.mkdir(exist_ok=True)
+        done = subprocess.run(cmd, env=cluster_env(home), capture_output=True, text=True, start_new_session=True,
                               timeout=180)
         if done.returncode and "timed out during startup" not in done.stderr + done.stdout:
             raise RuntimeError(f"ray start (node {k}) failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -237,12 +239,16 @@ class LoopbackCluster:
         return seen
 
 
-def cluster_env() -> dict[str, str]:
+def cluster_env(home: Path) -> dict[str, str]:
     """The environment of the cluster's processes: no usage reports, this interpreter's
-    packages."""
+    packages, and `home` as HOME: nothing of the developer's ~/.ray (a token file there,
+    left by a cluster with token authentication, makes `ray start` of a second node fail
+    with InvalidAuthToken although this cluster runs without authentication)."""
     env = dict(os.environ)
     env["RAY_USAGE_STATS_ENABLED"] = "0"
-    env.pop("RAY_ADDRESS", None)
+    env["HOME"] = str(home)
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(name, None)
     return env
 
 
