@@ -25,6 +25,7 @@ class PredictorTrainConfig(YamlConfig):
     pack_count: int = 640
     pack_size: int = 160
     pack_max_downscale: float = 2.0
+    pack_seed: int | None = None  # the packing's random stream (None: `seed`)
     # model
     channels: int = 64
     num_blocks: int = 4

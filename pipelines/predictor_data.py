@@ -48,7 +48,8 @@ def load_or_pack_crops(cfg: PredictorTrainConfig) -> np.ndarray:
         with np.load(path) as z:
             return z["crops"]
     images = load_images(cfg.corpus, "train", 1280)
-    crops = pack_crops(images, cfg.pack_count, cfg.pack_size, cfg.pack_max_downscale, cfg.seed)
+    seed = cfg.seed if cfg.pack_seed is None else cfg.pack_seed
+    crops = pack_crops(images, cfg.pack_count, cfg.pack_size, cfg.pack_max_downscale, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
     np.savez_compressed(tmp, crops=crops)

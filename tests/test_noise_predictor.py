@@ -85,9 +85,13 @@ def test_start_is_upsampled_plus_detail_and_zero_init_gives_x_up():
         net(x, 0)
 
 
-def test_budget_of_the_default_architecture():
-    net = NoisePredictor()
-    assert count_macs(net) <= 1.5e9  # issue 10: at most 1.5 GMACs per 256x256 tile
+def test_budget_of_the_default_and_the_shipped_architecture():
+    from vsr.models import shipped_weights_dir
+
+    assert count_macs(NoisePredictor()) <= 1.5e9  # issue 10: at most 1.5 GMACs per 256x256 tile
+    folder = shipped_weights_dir("vsr-prior-s") / SUBFOLDER
+    shipped = NoisePredictor.from_config(NoisePredictor.load_config(folder))
+    assert count_macs(shipped) <= 1.5e9
 
 
 def test_round_trip_through_a_model_folder(tmp_path):
@@ -204,6 +208,25 @@ def test_batches_are_pure_functions_of_the_generator(tmp_path):
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     hr, low = a
     assert hr.shape == (3, 3, 32, 32) and low.shape[-1] % 2 == 0 and 8 <= low.shape[-1] <= 16
+
+
+def test_the_pack_has_its_own_seed(tmp_path, photos):
+    """pack_seed fixes which crops are packed, whatever the training seed (a run can train on
+    another run's crops with its own random stream)."""
+    from PIL import Image
+
+    train = tmp_path / "corpus" / "images" / "train"
+    train.mkdir(parents=True)
+    for name in ("astronaut", "chelsea"):
+        Image.fromarray(photos[name]).save(train / f"{name}.png")
+
+    def pack(run: str, **kw) -> np.ndarray:
+        cfg = tiny_cfg(tmp_path / run, corpus=str(tmp_path / "corpus"), pack_count=6, **kw)
+        return tnp.load_or_pack_crops(cfg)
+
+    a, b = pack("a", seed=1, pack_seed=7), pack("b", seed=2, pack_seed=7)
+    assert a.shape == (6, 3, 40, 40) and np.array_equal(a, b)
+    assert not np.array_equal(pack("c", seed=1), pack("d", seed=2))  # no pack_seed: the run's seed
 
 
 # ----------------------------------------------------------------------------- training
