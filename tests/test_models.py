@@ -183,3 +183,15 @@ def test_info_of_a_folder_without_card_reads_the_unet_config(tmp_path, capsys):
     assert cli_main(["models", "info", str(d)]) == 0
     card = yaml.safe_load(capsys.readouterr().out.split("\n", 1)[1])
     assert card["pixel_unshuffle"] == 2 and card["crop"] == 256
+
+
+def test_the_shipped_weights_folder_given_as_a_path_gets_the_shipped_card():
+    """`--model vsr/weights/vsr-prior-s` is the shipped model, card included (its PRF and
+    its noise predictor's calibrated start), not a folder without a card."""
+    from vsr.models.registry import resolve_model, shipped_card_path, shipped_weights_dir
+
+    folder = shipped_weights_dir("vsr-prior-s")
+    if not (folder / "unet").is_dir():
+        pytest.skip("the shipped prior's weights are not in vsr/weights/vsr-prior-s")
+    by_name, by_path = resolve_model("vsr-prior-s"), resolve_model(str(folder))
+    assert by_path == by_name and by_path[2] == shipped_card_path("vsr-prior-s")

@@ -43,6 +43,8 @@ def resolve_model(model: str | os.PathLike | None) -> tuple[str, Path | str, Pat
     path = Path(name).expanduser()
     if path.is_dir():
         card = path / "model_card.yaml"
+        if not card.is_file() and path.resolve() == shipped_weights_dir(path.name).resolve():
+            card = shipped_card_path(path.name)  # a shipped model's folder: its card lives in configs/models/
         return "local", path.resolve(), card if card.is_file() else None
     if shipped_card_path(name).is_file() or name == DEFAULT_MODEL:
         weights = shipped_weights_dir(name)
