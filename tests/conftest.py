@@ -7,6 +7,22 @@ import pytest
 import yaml
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _sigint_not_ignored():
+    """The interrupt tests send real SIGINTs to this process and to `vsr` processes it
+    starts. A background job of a non-interactive shell (`pytest &`, nohup) starts with
+    SIGINT ignored, and an ignored signal stays ignored in every child (Python then
+    installs no KeyboardInterrupt handler): those tests would see a job run to the end.
+    Restore Python's handler for the session (children start from SIG_DFL)."""
+    import signal
+
+    old = signal.getsignal(signal.SIGINT)
+    if old == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 def build_tiny_model_dir(
     folder: Path,
     *,
