@@ -253,7 +253,8 @@ class Upscaler:
         """Upscale one frame, returned as the same type.
 
         numpy HxWx3 uint8/uint16 RGB; torch CHW or NCHW, uint8 or float in [0, 1], any
-        device; av.VideoFrame (pts and time_base kept); vsr.frame.Frame.
+        device; av.VideoFrame (pts and time_base kept; returned as RGB, rgb24 or rgb48le
+        above 8 bits, whatever its pixel format: `reformat` it for an encoder); vsr.frame.Frame.
         """
         if isinstance(frame, torch.Tensor):
             return self._call_tensor(frame)
