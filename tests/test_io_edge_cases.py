@@ -207,3 +207,27 @@ def test_small_wording_and_version_and_empty_frames(tiny_model_dir):
     assert vsr.__version__ == version("vsr")
     with pytest.raises(InputError, match="H, W >= 1"):
         Upscaler.from_pretrained(str(tiny_model_dir), overlap=8)(np.zeros((0, 0, 3), np.uint8))
+
+
+# ------------------------------------------------------- MPEG audio copied, not re-encoded
+def _audio_codecs(path: Path) -> list[str]:
+    with av.open(str(path)) as c:
+        return [s.codec_context.codec.canonical_name for s in c.streams.audio]
+
+
+@pytest.mark.parametrize("ext", [".ts", ".mkv"])
+def test_mpeg_audio_is_copied_by_its_codec_not_its_decoders_name(tmp_path, tiny_model_dir, caplog, ext):
+    """MPEG-1/2 audio is decoded by "mp3float": the container's codec list has "mp2"/"mp3",
+    so the track was re-encoded (a file) or left out (`vsr stream`) instead of copied."""
+    from vsr.pipelines.stream import stream_video
+
+    src = make_clip(tmp_path / "in.ts", audio=("mp2",), frames=6)
+    assert len(_audio_codecs(src)) == 1
+    out = tmp_path / f"out{ext}"
+    with caplog.at_level("WARNING"):
+        upscale_video(str(src), str(out), model=str(tiny_model_dir),
+                      config={"steps": 1, "tile": 32, "overlap": 8, "device": "cpu"})
+        live = tmp_path / "live.ts"
+        stream_video(str(src), str(live), model=str(tiny_model_dir), config={"steps": 1}, ladder=False)
+    assert _audio_codecs(out) == _audio_codecs(src) == _audio_codecs(live)
+    assert not [r for r in caplog.records if "audio" in r.getMessage()], [r.getMessage() for r in caplog.records]

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -223,6 +224,15 @@ MPEGTS_CODECS = frozenset({
     "aac", "aac_latm", "mp1", "mp2", "mp3", "ac3", "eac3", "dts", "truehd", "opus", "s302m",
     "dvb_subtitle", "dvb_teletext", "arib_caption", "smpte_klv", "timed_id3", "scte_35",
 })
+
+
+def codec_id(cc: Any) -> str | None:
+    """The codec of a stream's codec context by its id name (FFmpeg's avcodec_get_name:
+    "mp3", "aac"), which muxers' codec lists use, not the decoder's name ("mp3float" for
+    MPEG audio, "libdav1d" for AV1); None without a codec context."""
+    if cc is None:
+        return None
+    return getattr(cc.codec, "canonical_name", None) or cc.name
 
 
 def storable_codecs(out: av.container.OutputContainer) -> set[str]:

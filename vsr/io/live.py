@@ -37,6 +37,7 @@ from vsr.io.encoder import (
     StreamFormat,
     check_crf,
     check_encoder,
+    codec_id,
     configure,
     output_format,
     storable_codecs,
@@ -366,7 +367,7 @@ class LiveOutput:
             self._copies: dict[int, Any] = {}
             for ist in source.copied:
                 cc = ist.codec_context
-                codec = cc.name if cc else None
+                codec = codec_id(cc)
                 if ist.type == "audio" and cc is not None and not (cc.sample_rate and cc.channels):
                     log.warning("stream %d (audio %s): no parameters found in the first 1.5 s: left out", ist.index, codec)
                     continue

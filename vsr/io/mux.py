@@ -19,7 +19,13 @@ from typing import Any
 import av
 
 from vsr.errors import CodecError, OutputError
-from vsr.io.encoder import StreamFormat, configure, output_format, storable_codecs
+from vsr.io.encoder import (
+    StreamFormat,
+    codec_id,
+    configure,
+    output_format,
+    storable_codecs,
+)
 from vsr.io.segments import read_segment
 from vsr.io.source import VideoInfo, open_input, reason
 
@@ -73,7 +79,7 @@ def _start_output(inp: av.container.InputContainer, info: VideoInfo, fmt: Stream
                 out.add_attachment(name=fname, mimetype=ist.mimetype or "application/octet-stream", data=ist.data)
                 continue
             else:
-                codec = ist.codec_context.name if ist.codec_context else None
+                codec = codec_id(ist.codec_context)
                 encoder = _audio_encoder(out) if ist.type == "audio" and codec not in supported else None
                 if encoder is not None:
                     ost = _add_audio_encoder(out, encoder, ist)
