@@ -121,6 +121,7 @@ def stream_video(
     stop: threading.Event | None = None,
     overwrite: bool = False,
     on_loaded: Callable[[], None] | None = None,
+    realtime: bool = False,
 ) -> StreamResult:
     """Upscale live `src` into live `dst` until `src` ends or `stop` is set.
 
@@ -129,7 +130,9 @@ def stream_video(
     every 2 s); `format` overrides the container (default by the scheme: FLV for RTMP,
     MPEG-TS otherwise); a file `dst` that exists is replaced only with `overwrite`.
     `max_latency` is the ladder's budget in seconds; `ladder=False` keeps the configured
-    steps whatever it costs. `stats` gets a dict every
+    steps whatever it costs. `realtime` reads `src` no faster than its timestamps (FFmpeg's
+    `-re`: a file or a pipe that is not live would otherwise be read as fast as it
+    decodes, and the ladder would keep to the fast path). `stats` gets a dict every
     `stats_interval` seconds and, once the stream has started, one with "event": "done" at
     the end (`summary`; with "error" when it failed). `on_loaded` is called once the model
     is loaded and warmed up, just before the source is opened (start-up is over: from then
@@ -184,7 +187,8 @@ def stream_video(
         on_loaded()
     halt = threading.Event()  # the reader stops reading
     inq: queue.Queue = queue.Queue(maxsize=QUEUE_ITEMS)
-    reader = Reader(src, inq, halt, open_output, timeout=timeout, deinterlace=deinterlace, max_pixels=max_pixels)
+    reader = Reader(src, inq, halt, open_output, realtime=realtime, timeout=timeout, deinterlace=deinterlace,
+                    max_pixels=max_pixels)
     opened = reader.wait_open(stop)
     if opened is None:  # stopped before the source had a frame
         return StreamResult(stopped=True, seconds=time.monotonic() - t_start)

@@ -46,6 +46,9 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
                    help="latency budget in seconds: the quality ladder steps down to stay within it (default 2)")
     g.add_argument("--ladder", choices=("on", "off"), default="on",
                    help="off: always the configured steps, whatever the latency (default on)")
+    g.add_argument("--realtime", action="store_true",
+                   help="read IN no faster than its timestamps, as FFmpeg's -re: for a file or a pipe that is not "
+                        "live (read as fast as it decodes otherwise, it leaves the ladder on the fast path)")
     g.add_argument("--timeout", type=float, default=10.0, metavar="S",
                    help="a source silent for this long has broken (exit 3; default 10)")
     g.add_argument("--stats", nargs="?", const="-", metavar="FILE",
@@ -107,7 +110,9 @@ def run_cli(args: argparse.Namespace) -> int:
     old = {}
     if threading.current_thread() is threading.main_thread():
         for s in (signal.SIGTERM, signal.SIGINT):
-            old[s] = signal.signal(s, on_signal)
+            # one ignored at launch (SIGINT in a shell's background job) stays ignored, as Python leaves it
+            if signal.getsignal(s) != signal.SIG_IGN:
+                old[s] = signal.signal(s, on_signal)
     try:
         return _run_cli(args, stop, on_loaded)
     finally:
@@ -157,6 +162,7 @@ def _run_cli(args: argparse.Namespace, stop: threading.Event, on_loaded: Callabl
             size=args.size, fit=args.fit, scale=args.scale, deinterlace=args.deinterlace, encoding=encoding,
             format=args.format, max_latency=args.max_latency, ladder=args.ladder == "on", timeout=args.timeout,
             max_pixels=args.max_pixels, stats=stats, stop=stop, overwrite=args.overwrite, on_loaded=on_loaded,
+            realtime=args.realtime,
         )
     except Exception as exc:
         logline(f"vsr: {' '.join(str(exc).split())}")

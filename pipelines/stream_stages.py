@@ -83,15 +83,37 @@ class FrameRate:
             self.fps = (len(self._pts) - 1) / (self._pts[-1] - self._pts[0])
 
 
+class Pace:
+    """Hold each frame until its time comes: its pts after the first frame's, on the wall
+    clock from when the first arrived (FFmpeg's `-re`, for a source that is not live: a
+    file, a pipe). Packets and frames without pts pass at once; `wait` returns False when
+    `halt` was set meanwhile."""
+
+    def __init__(self, halt: threading.Event):
+        self._halt = halt
+        self._origin: tuple[float, float] | None = None  # (wall clock, pts in s) of the first frame
+
+    def wait(self, item: Any) -> bool:
+        if not isinstance(item, Frame) or item.pts is None or item.time_base is None:
+            return not self._halt.is_set()
+        t = float(item.pts * item.time_base)
+        if self._origin is None:
+            self._origin = (time.monotonic(), t)
+        due = self._origin[0] + (t - self._origin[1])
+        return not self._halt.wait(max(0.0, due - time.monotonic()))
+
+
 class Reader:
     """Open the source (`LiveInput(src, **options)`) in a daemon thread, call `on_open`
     with it there, then queue (arrival time, item) into `q` until the end (`END`), an
     error (queued as the exception) or `halt`; `wait_open` returns (VideoInfo, what
-    on_open returned)."""
+    on_open returned). realtime: frames are read no faster than their timestamps (`Pace`)."""
 
-    def __init__(self, src: str, q: queue.Queue, halt: threading.Event, on_open: Callable[[Any], Any], **options: Any):
+    def __init__(self, src: str, q: queue.Queue, halt: threading.Event, on_open: Callable[[Any], Any], *,
+                 realtime: bool = False, **options: Any):
         self._q = q
         self._stop = halt
+        self._pace = Pace(halt) if realtime else None
         self._opened = threading.Event()
         self._error: BaseException | None = None
         self.live = None
@@ -126,6 +148,8 @@ class Reader:
         self._opened.set()
         try:
             for item in self.live:
+                if self._pace is not None and not self._pace.wait(item):
+                    return
                 if not self._put((time.monotonic(), item)):
                     return
             self._put((time.monotonic(), END))

@@ -195,7 +195,9 @@ def run_cli(args: argparse.Namespace) -> int:
                 bar = tqdm(total=d["total"], initial=d["frames_done"] - 1, unit="frame", dynamic_ncols=True, file=sys.stderr)
             bar.update(d["frames_done"] - bar.n)
 
-    old = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() else None
+    old = None  # SIGTERM interrupts like Ctrl-C, unless it was ignored at launch (it stays ignored then)
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) != signal.SIG_IGN:
+        old = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         result = upscale_video(
             args.input,

@@ -190,3 +190,41 @@ def test_a_stdin_producer_that_goes_silent_ends_the_stream_after_timeout(tmp_pat
     assert p.returncode == 3, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "input - broke: no data for 2 s" in lines[0], err
+
+
+# ------------------------------------------------------------ a file read at its own pace
+def test_realtime_reads_a_file_no_faster_than_its_timestamps(tmp_path, tiny_model_dir):
+    """A file IN is read as fast as it decodes unless --realtime (FFmpeg's -re): then its
+    2 s of frames take at least 2 s to arrive. (A lower bound: a slow machine only adds.)"""
+    from vsr.pipelines.stream import stream_video
+
+    clip = write_clip(tmp_path / "in.ts", width=32, height=24, frames=2 * FPS, fps=FPS, audio=False)
+    fast = stream_video(str(clip), str(tmp_path / "fast.ts"), model=str(tiny_model_dir), config={"steps": 1},
+                        ladder=False)
+    paced = stream_video(str(clip), str(tmp_path / "paced.ts"), model=str(tiny_model_dir), config={"steps": 1},
+                         ladder=False, realtime=True)
+    assert fast.frames == paced.frames == 2 * FPS
+    assert paced.seconds >= (2 * FPS - 1) / FPS > fast.seconds, (paced.seconds, fast.seconds)
+
+
+def test_a_signal_ignored_at_launch_stays_ignored_for_the_whole_stream(tmp_path, tiny_model_dir):
+    """A shell's background job starts with SIGINT ignored: vsr leaves it so (as Python
+    does) instead of ignoring it during the imports and obeying it once the stream runs;
+    SIGTERM still stops it."""
+    clip = write_clip(tmp_path / "in.ts", width=32, height=24, frames=30 * FPS, fps=FPS, audio=False)
+    out = tmp_path / "out.ts"
+    p = subprocess.Popen(vsr_argv() + ["stream", str(clip), str(out), "--model", str(tiny_model_dir), "--ladder", "off",
+                                       "--device", "cpu", "--realtime"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.monotonic() + 300
+    while not out.exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # the stream runs (30 s of input at its own pace)
+    p.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    assert p.poll() is None, p.communicate()  # ignored (it stopped the stream before)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert err.strip().splitlines()[-1].startswith("vsr stream: "), err

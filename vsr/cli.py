@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     if as_program:  # imports take seconds: a SIGTERM meanwhile interrupts as Ctrl-C does, not kills (-15)
         import signal
 
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        if signal.getsignal(signal.SIGTERM) != signal.SIG_IGN:  # one ignored at launch stays ignored
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
     code = _dispatch(argv, command, as_program)
     if as_program and command in EXIT_AT_ONCE:
         _exit_now(code)
