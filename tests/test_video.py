@@ -100,7 +100,7 @@ def test_assemble_leaves_out_what_the_container_cannot_hold(tmp_path):
     src = make_clip(tmp_path / "in.mkv", audio=("aac",), subtitles=True, frames=4)
     info = video.probe(src)
     dropped = remux(src, tmp_path / "out.mp4", stream_format(info), info)
-    assert dropped == ["stream 2 (subtitle srt)"]  # SubRip has no place in MP4
+    assert dropped == ["stream 2 (subtitle subrip)"]  # SubRip (FFmpeg's codec id "subrip") has no place in MP4
     payloads = [[p[0] for p in s] for s in audio_packets(tmp_path / "out.mp4")]
     assert payloads == [[p[0] for p in audio_packets(src)[0]]]  # same bytes; MP4 retimes to 1/48000
 
