@@ -71,7 +71,7 @@ from .predictor_trainer import (  # noqa: F401 - re-exported: their old home
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_GRID = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2)
+CALIBRATION_GRID = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2)
 CALIBRATION_SCALES = (2.0, 3.0, 4.0, 6.0, 8.0)
 
 
@@ -190,14 +190,16 @@ def export(
     checkpoint: str | Path, out_dir: str | Path, *, prior: str | None = None, do_calibrate: bool = False,
     corpus: str | None = None, mix: float = 0.0, val_max_images: int = 16,
     scales: tuple[float, ...] = CALIBRATION_SCALES, grid: tuple[float, ...] = CALIBRATION_GRID,
-    steps: int | None = None,
+    steps: int | None = None, consistency: int | None = None,
 ) -> Path:
     """Write a model folder: the prior (unet/, scheduler/, copied from `prior`, default
     the run's) plus `noise_predictor/` (EMA weights, fp32 safetensors) and a
     model_card.yaml with the `noise_predictor:` key (scales, t, mix, provenance). With
     do_calibrate the start t per scale is measured on the corpus's held-out crops
     (`calibrate`) for `steps` DDIM steps (default: the run's val_steps), and the key's
-    `steps` records that count (what the engine runs under `steps: auto`); otherwise the
+    `steps` records that count (what the engine runs under `steps: auto`), `consistency`
+    the back-projection passes per step it was measured with (default: the run's; what
+    the engine runs under `consistency: auto`); otherwise the
     key has no scales/t and the PRF decides."""
     from vsr.models import load_model, resolve_model
     from vsr.models.card import ModelCard
@@ -220,11 +222,13 @@ def export(
     if do_calibrate:
         hr = load_val_crops(corpus or cfg.corpus, cfg.val_crop, val_max_images)
         steps = int(steps or cfg.val_steps)
+        consistency = int(cfg.consistency if consistency is None else consistency)
         cal, scores = calibrate(net, load_model(str(out)), hr, scales=scales, grid=grid, steps=steps,
-                                consistency=cfg.consistency, device=cfg.device)
+                                consistency=consistency, device=cfg.device)
         entry.update(cal)
         entry["steps"] = steps
-        entry["calibration"] = {"steps": steps, "images": int(len(hr)), "crop": cfg.val_crop,
+        entry["consistency"] = consistency
+        entry["calibration"] = {"steps": steps, "consistency": consistency, "images": int(len(hr)), "crop": cfg.val_crop,
                                 "grid": [float(g) for g in grid], "scores": scores,
                                 "rule": "lowest GMSD within 0.1 dB of the best Y-PSNR (held-out crops, 8-bit "
                                         "antialiased-bicubic input)"}
@@ -263,6 +267,9 @@ def add_cli(sub) -> None:
     e.add_argument("--max-images", type=int, default=16, help="held-out images to calibrate on")
     e.add_argument("--steps", type=int, choices=range(1, 51), metavar="N",
                    help="DDIM steps to calibrate for, recorded as the card's default count (default: the run's val_steps)")
+    e.add_argument("--consistency", type=int, choices=range(0, 11), metavar="N",
+                   help="back-projection passes per step to calibrate with, recorded as the card's default "
+                        "(default: the run's consistency)")
 
 
 def run_cli(args) -> int:
@@ -271,6 +278,6 @@ def run_cli(args) -> int:
             raise InputError(f"checkpoint not found: {args.checkpoint}")
         print(export(args.checkpoint, args.out, prior=args.prior, do_calibrate=args.calibrate, corpus=args.corpus,
                      mix=args.mix, val_max_images=args.max_images, scales=tuple(args.scales), grid=tuple(args.grid),
-                     steps=args.steps))
+                     steps=args.steps, consistency=args.consistency))
         return 0
     return run_training(args, PredictorTrainConfig, train)

@@ -44,6 +44,7 @@ def _auto_or(kind: type, expected: str):
 _steps = _auto_or(int, "an integer in 1..50")
 _noise_level = _auto_or(float, "a number in (0, 1)")
 _overlap = _auto_or(int, "an integer number of pixels")
+_consistency = _auto_or(int, "an integer in 0..10")
 
 
 def add_size_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -70,8 +71,9 @@ def add_model_args(
     g.add_argument("--model", help="model folder or hub id (default: the shipped prior)")
     g.add_argument("--steps", type=_steps, help=steps_help)
     g.add_argument("--noise-level", type=_noise_level, help="t/T in (0, 1), or auto (the model's PRF curve)")
-    g.add_argument("--consistency", type=int, metavar="N",
-                   help="back-projection passes per step so the output downscales to the input (default 1; 0 = off)")
+    g.add_argument("--consistency", type=_consistency, metavar="N",
+                   help="back-projection passes per step so the output downscales to the input, 0..10 (0 = off), or "
+                        "auto (default): the count the model's noise predictor was calibrated with, 1 without one")
     g.add_argument("--tile", type=int, help="tile size in pixels (default: the model's crop)")
     g.add_argument("--overlap", type=_overlap,
                    help="pixels neighbouring tiles share, at most half the tile (default auto: 32, or half a smaller tile)")

@@ -281,3 +281,7 @@ def test_consistency_makes_the_output_downscale_back_to_the_input(engine):
     assert once < 0.5 * plain and twice < once
     with pytest.raises(ConfigError, match="consistency"):
         engine.with_config(consistency=-1)
+    with pytest.raises(ConfigError, match="'auto' or an integer"):
+        engine.with_config(consistency="twice")
+    # a model without a noise predictor: auto is Diff-SR's one pass
+    assert engine.with_config(consistency="auto").consistency == 1

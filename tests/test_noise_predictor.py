@@ -319,14 +319,23 @@ def test_validation_and_export(tmp_path):
     for i, crop in enumerate(textured_crops(n=2, size=48, seed=3)):
         Image.fromarray(crop.transpose(1, 2, 0)).save(val_dir / f"{i}.png")
     out = tnp.export(tmp_path / "run" / "last.pt", tmp_path / "calibrated", do_calibrate=True,
-                     corpus=str(tmp_path / "corpus"), scales=(2.0, 4.0), grid=(0.02, 0.1), steps=1)
+                     corpus=str(tmp_path / "corpus"), scales=(2.0, 4.0), grid=(0.02, 0.1), steps=1, consistency=3)
     entry = yaml.safe_load((out / "model_card.yaml").read_text())["noise_predictor"]
     assert entry["steps"] == 1 and entry["calibration"]["steps"] == 1 and entry["scales"] == [2.0, 4.0]
+    assert entry["consistency"] == 3 and entry["calibration"]["consistency"] == 3
     assert set(entry["t"]) <= {0.02, 0.1}
     from vsr.engine import Upscaler
 
     up = Upscaler.from_pretrained(str(out), scale=2, dtype="float32")
     assert up.steps == 1 and up.timesteps_for(2.0) == (round(entry["t"][0] * 1000),)
+    # `consistency: auto` runs the passes the start was calibrated with; an explicit count
+    # wins, and without the predictor it is plain Diff-SR's one pass
+    assert up.consistency == 3 and up.with_config(consistency=1).consistency == 1
+    assert up.with_config(noise_predictor="off").consistency == 1
+    frames = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    auto = up.upscale_tensor(frames)
+    assert torch.equal(auto, up.with_config(consistency=3).upscale_tensor(frames))
+    assert not torch.equal(auto, up.with_config(consistency=1).upscale_tensor(frames))
 
 
 def test_config_errors_name_the_field(tmp_path):
@@ -366,11 +375,12 @@ def test_engine_with_a_predictor_on_the_shipped_prior_is_batch_independent():
     # on a held-out photograph (2x, bicubic-downscaled 8-bit input), beats plain Diff-SR at
     # its default 2 steps in half the model calls
     shipped = load_noise_predictor(model)
-    assert shipped is not None and shipped.calibrated_steps() == 1
+    assert shipped is not None and shipped.calibrated_steps() == 1 and shipped.calibrated_consistency() == 4
     default = Upscaler.from_pretrained(None, scale=2, device="cpu")
     plain = default.with_config(noise_predictor="off")
     assert isinstance(default.noise, PredictedNoise) and isinstance(plain.noise, SharedNoise)
     assert len(default.timesteps_for(2.0)) == 1 and len(plain.timesteps_for(2.0)) == 2
+    assert default.consistency == 4 and plain.consistency == 1
     skdata = pytest.importorskip("skimage.data")
     from vsr import metrics
     from vsr.core.resample import resize

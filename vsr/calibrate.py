@@ -28,7 +28,7 @@ import torch
 from vsr.config import EngineConfig
 from vsr.errors import InputError, OutputError, UsageError
 from vsr.models import DEFAULT_MODEL, resolve_model, shipped_card_path
-from vsr.engine import Upscaler, resize
+from vsr.engine import DEFAULT_CONSISTENCY, Upscaler, resize
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +207,8 @@ def add_cli(parser) -> None:
     parser.add_argument("--crop", type=int, help="center-crop size (default: the model card's crop)")
     parser.add_argument("--max-images", type=int, default=8, help="use at most this many images")
     parser.add_argument("--steps", type=int, default=2, help="DDIM steps per run")
-    parser.add_argument("--consistency", type=int, default=EngineConfig.consistency,
-                        help=f"back-projection passes per step, as the engine will run (default {EngineConfig.consistency})")
+    parser.add_argument("--consistency", type=int, default=DEFAULT_CONSISTENCY,
+                        help=f"back-projection passes per step, as the engine will run (default {DEFAULT_CONSISTENCY})")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--out", help="PNG of the loss curves (default: calibration-<model>.png)")

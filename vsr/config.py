@@ -72,7 +72,8 @@ class EngineConfig:
     scale); timesteps, when given, is the exact descending DDIM set (0 <= t < T) and
     overrides steps and noise_level. consistency is the number of back-projection
     passes applied to every step's x0 estimate so the output downscales back to the
-    input (`vsr.sampling.back_project`); 0 is plain noise injection as in Diff-SR.
+    input (`vsr.sampling.back_project`); 0 is plain noise injection as in Diff-SR;
+    "auto" is the count the noise predictor was calibrated with (its card), else 1.
     noise picks the Gaussian noise (one field shared by all frames, or fresh per frame);
     noise_predictor "auto" predicts the noise from the frame with the model's
     `noise_predictor/` when it has one (InvSR; the Gaussian field is its `mix` part),
@@ -85,7 +86,7 @@ class EngineConfig:
     steps: int | Literal["auto"] = "auto"
     timesteps: tuple[int, ...] | None = None
     noise_level: float | Literal["auto"] = "auto"
-    consistency: int = 1
+    consistency: int | Literal["auto"] = "auto"
     tile: int | None = None
     overlap: int | Literal["auto"] = "auto"
     batch: int = 8
@@ -136,8 +137,8 @@ class EngineConfig:
             if not _is_number(self.noise_level) or not 0 < self.noise_level < 1:
                 _fail("noise_level", self.noise_level, "'auto' or a number t/T in (0, 1), e.g. 0.3")
             set_(self, "noise_level", float(self.noise_level))
-        if not _is_int(self.consistency) or not 0 <= self.consistency <= 10:
-            _fail("consistency", self.consistency, "an integer in 0..10 (back-projection passes per step; 0 = off)")
+        if self.consistency != "auto" and (not _is_int(self.consistency) or not 0 <= self.consistency <= 10):
+            _fail("consistency", self.consistency, "'auto' or an integer in 0..10 (back-projection passes per step; 0 = off)")
         if self.tile is not None and (not _is_int(self.tile) or not 8 <= self.tile <= 4096):
             _fail("tile", self.tile, "null (the model card's crop) or an integer in 8..4096")
         if self.overlap != "auto":

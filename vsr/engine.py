@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SCALE = 2.0
 DEFAULT_STEPS = 2  # DDIM steps of plain Diff-SR under `steps: auto` (the PRF is calibrated at 2)
+DEFAULT_CONSISTENCY = 1  # back-projection passes of plain Diff-SR under `consistency: auto` (the PRF's)
 GROUP_PIXELS = 3840 * 2160  # output pixels `stream` holds per group (memory bound)
 
 
@@ -191,6 +192,16 @@ class Upscaler:
         calibrated = getattr(self.noise, "calibrated_steps", None)  # optional for third-party sources
         return int((calibrated() if calibrated else None) or DEFAULT_STEPS)
 
+    @property
+    def consistency(self) -> int:
+        """Back-projection passes per step: the config's, or under "auto" the count the
+        noise source was calibrated with (a noise predictor's card), else DEFAULT_CONSISTENCY."""
+        if self.config.consistency != "auto":
+            return int(self.config.consistency)
+        calibrated = getattr(self.noise, "calibrated_consistency", None)  # optional for third-party sources
+        n = calibrated() if calibrated else None
+        return DEFAULT_CONSISTENCY if n is None else int(n)
+
     # -- the maths on tensors -----------------------------------------------------
     @property
     def method(self):
@@ -230,7 +241,7 @@ class Upscaler:
         #    the denoiser runs the model on tiles and blends their x0 at every step
         tiled = TiledDenoiser(den.predict_x0, ac, self.tile, self.overlap, self.config.batch)
         out = self.method(
-            tiled, low, upsampled, eps, ts, ac, consistency=self.config.consistency, min_size=self.tile, callback=callback
+            tiled, low, upsampled, eps, ts, ac, consistency=self.consistency, min_size=self.tile, callback=callback
         )
         state = NoiseState(indices[-1], upsampled[-1], eps[-1])
         return ((out + 1.0) / 2.0).clamp(0.0, 1.0), state

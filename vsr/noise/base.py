@@ -64,7 +64,9 @@ class NoiseSource(Protocol):
     `noise_level(scale)` returns the t/T the source was calibrated for at an upscaling
     factor, or None to use the model card's PRF curve (the Gaussian sources).
     `calibrated_steps()` returns the DDIM step count that calibration is for (what
-    `steps: auto` runs), or None for the engine's default (2).
+    `steps: auto` runs), or None for the engine's default (2); `calibrated_consistency()`
+    (optional) the back-projection passes per step it was measured with (what
+    `consistency: auto` runs), or None for the engine's default (1).
     """
 
     def __call__(self, ctx: NoiseContext) -> torch.Tensor: ...

@@ -43,7 +43,9 @@ class PredictedNoise:
 
     predictor: a `NoisePredictor`; scales/levels: its calibrated start t/T per upscaling
     factor (None: use the model card's PRF); steps: the DDIM step count they were
-    calibrated for (what the engine runs under `steps: auto`); mix >= 0: std of the Gaussian field added
+    calibrated for (what the engine runs under `steps: auto`); consistency: the
+    back-projection passes per step they were calibrated with (what `consistency: auto`
+    runs; None: the engine's default); mix >= 0: std of the Gaussian field added
     (needs `base`); max_pixels: frames larger than this are predicted in overlapping
     tiles of `tile` (blended, `vsr.core.tiling.apply_tiled`) to bound memory; source:
     the model folder it came from (pickling keeps only that path).
@@ -62,11 +64,15 @@ class PredictedNoise:
         overlap: int = 64,
         source: str | None = None,
         steps: int | None = None,
+        consistency: int | None = None,
     ):
         if (scales is None) != (levels is None) or (scales is not None and len(scales) != len(levels or ())):
             raise ModelError("noise predictor: scales and t must both be given, with equal lengths")
         if steps is not None and (isinstance(steps, bool) or int(steps) != steps or not 1 <= steps <= 50):
             raise ModelError(f"noise predictor: steps must be an integer in 1..50, got {steps!r}")
+        if consistency is not None and (isinstance(consistency, bool) or int(consistency) != consistency
+                                        or not 0 <= consistency <= 10):
+            raise ModelError(f"noise predictor: consistency must be an integer in 0..10, got {consistency!r}")
         if mix < 0 or (mix > 0 and base is None):
             raise ModelError("noise predictor: mix must be >= 0 and needs a base noise source when > 0")
         r = int(predictor.config.pixel_unshuffle)
@@ -77,6 +83,7 @@ class PredictedNoise:
         self.levels = tuple(float(v) for v in levels) if levels is not None else None
         self.mix = float(mix)
         self.steps = int(steps) if steps is not None else None
+        self.consistency = int(consistency) if consistency is not None else None
         self.base = base
         self.max_pixels, self.tile, self.overlap = int(max_pixels), int(tile), int(overlap)
         self.source = source
@@ -92,6 +99,11 @@ class PredictedNoise:
     def calibrated_steps(self) -> int | None:
         """The DDIM steps the start t was calibrated for (the card's `steps`), or None."""
         return self.steps
+
+    def calibrated_consistency(self) -> int | None:
+        """The back-projection passes per step the start t was calibrated with (the card's
+        `consistency`), or None."""
+        return self.consistency
 
     def __call__(self, ctx: NoiseContext) -> torch.Tensor:
         """(N, 3, H, W) float32: one prediction per frame, whatever the batch."""
@@ -173,7 +185,7 @@ def load_noise_predictor(
 
     model: a `LoadedModel` (its `source` folder and card are used) or a model folder.
     The predictor lives in `FOLDER/noise_predictor/` (diffusers `save_pretrained`); its
-    calibration in the card's `noise_predictor:` key (scales, t, steps, mix), taken from
+    calibration in the card's `noise_predictor:` key (scales, t, steps, consistency, mix), taken from
     `card` if given, else the LoadedModel's card, else `FOLDER/model_card.yaml`. A card
     without the key gives a source whose `noise_level` is None (the PRF decides).
     base: the Gaussian source `mix` draws from (needed only when mix > 0).
@@ -205,6 +217,7 @@ def load_noise_predictor(
         return PredictedNoise(
             net, scales=scales, levels=levels, mix=float(entry.get("mix", 0.0)), base=base, source=str(folder),
             steps=entry.get("steps") if scales is not None else None,
+            consistency=entry.get("consistency") if scales is not None else None,
         )
     except (TypeError, ValueError) as exc:
         raise ModelError(f"model card key '{CARD_KEY}' is invalid: {exc}") from None
