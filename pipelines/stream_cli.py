@@ -21,6 +21,7 @@ from vsr.pipelines.upscale_cli import (  # shared with vsr upscale
     engine_config_from_args,
 )
 
+from vsr.cli import signals_handled
 from vsr.errors import EXIT_OK, OutputError, UsageError
 
 
@@ -107,17 +108,8 @@ def run_cli(args: argparse.Namespace) -> int:
         nonlocal starting
         starting = False
 
-    old = {}
-    if threading.current_thread() is threading.main_thread():
-        for s in (signal.SIGTERM, signal.SIGINT):
-            # one ignored at launch (SIGINT in a shell's background job) stays ignored, as Python leaves it
-            if signal.getsignal(s) != signal.SIG_IGN:
-                old[s] = signal.signal(s, on_signal)
-    try:
+    with signals_handled((signal.SIGTERM, signal.SIGINT), on_signal):
         return _run_cli(args, stop, on_loaded)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def _run_cli(args: argparse.Namespace, stop: threading.Event, on_loaded: Callable[[], None]) -> int:

@@ -9,14 +9,14 @@ import json
 import os
 import signal
 import sys
-import threading
 from typing import Any
 
-from vsr import io
-from vsr.errors import EXIT_OK, UsageError
 from vsr.pipelines.transcode import EncodeOptions, Progress, upscale_video
-from vsr.targets import PRESETS
 
+from vsr import io
+from vsr.cli import signals_handled
+from vsr.errors import EXIT_OK, UsageError
+from vsr.targets import PRESETS
 
 
 # ------------------------------------------------------------------------ command line
@@ -197,30 +197,26 @@ def run_cli(args: argparse.Namespace) -> int:
                 bar = tqdm(total=d["total"], initial=d["frames_done"] - 1, unit="frame", dynamic_ncols=True, file=sys.stderr)
             bar.update(d["frames_done"] - bar.n)
 
-    old = None  # SIGTERM interrupts like Ctrl-C, unless it was ignored at launch (it stays ignored then)
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) != signal.SIG_IGN:
-        old = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        result = upscale_video(
-            args.input,
-            args.output,
-            encode=EncodeOptions(
-                codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt, ten_bit=args.ten_bit,
-                options=dict(args.encoder_opt),
-            ),
-            segment_frames=args.segment_frames,
-            overwrite=args.overwrite,
-            resume=args.resume,
-            strict=args.strict,
-            progress=progress,
-            runner=_runner(args),
-            **common,
-        )
+        with signals_handled((signal.SIGTERM,), _raise_interrupt):  # SIGTERM interrupts like Ctrl-C
+            result = upscale_video(
+                args.input,
+                args.output,
+                encode=EncodeOptions(
+                    codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt, ten_bit=args.ten_bit,
+                    options=dict(args.encoder_opt),
+                ),
+                segment_frames=args.segment_frames,
+                overwrite=args.overwrite,
+                resume=args.resume,
+                strict=args.strict,
+                progress=progress,
+                runner=_runner(args),
+                **common,
+            )
     finally:
         if bar is not None:
             bar.close()
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
     if args.progress == "json":
         print(json.dumps({"event": "done", "output": str(result.output), "frames": result.frames,
                           "resumed_frames": result.resumed_frames,

@@ -8,12 +8,22 @@ only wires them together and turns errors into one line plus an exit code
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
-from typing import NoReturn
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NoReturn
 
-from vsr.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_RESOURCES, EXIT_USAGE, UsageError, VsrError
+from vsr.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_RESOURCES,
+    EXIT_USAGE,
+    UsageError,
+    VsrError,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,6 +95,30 @@ def _one_line(message: str) -> str:
     return " ".join(message.split())
 
 
+@contextlib.contextmanager
+def signals_handled(signals: Iterable[int], handler: Callable[[int, Any], Any]) -> Iterator[None]:
+    """Run the block with `handler` for `signals`, restoring the previous handlers after.
+
+    Only the main thread may set handlers (Python's rule): elsewhere nothing changes. A
+    signal ignored at launch (SIG_IGN: SIGINT in a shell's background job, `nohup`'s
+    SIGHUP) stays ignored, as Python itself leaves it; `vsr upscale`, `vsr stream` and the
+    CLI's start-up all follow this rule.
+    """
+    import signal
+    import threading
+
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in signals:
+            if signal.getsignal(sig) != signal.SIG_IGN:
+                old[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
 def _ignore_further_interrupts() -> None:
     """After the one-line message, exit with 130 even if another SIGINT/SIGTERM comes in
     (a second Ctrl-C, or one still pending in a worker thread at shutdown): Python would
@@ -126,14 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     as_program = argv is None  # the process itself (not a call from Python): it may set signal handlers
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    if as_program:  # imports take seconds: a SIGTERM meanwhile interrupts as Ctrl-C does, not kills (-15)
-        import signal
+    import signal
 
-        if signal.getsignal(signal.SIGTERM) != signal.SIG_IGN:  # one ignored at launch stays ignored
-            signal.signal(signal.SIGTERM, signal.default_int_handler)
-    code = _dispatch(argv, command, as_program)
-    if as_program and command in EXIT_AT_ONCE:
-        _exit_now(code)
+    # imports take seconds: a SIGTERM meanwhile interrupts as Ctrl-C does, not kills (-15)
+    with signals_handled((signal.SIGTERM,), signal.default_int_handler) if as_program else contextlib.nullcontext():
+        code = _dispatch(argv, command, as_program)
+        if as_program and command in EXIT_AT_ONCE:
+            _exit_now(code)
     return code
 
 
