@@ -113,15 +113,24 @@ class EncodeOptions:
         return settings
 
 
-def _engine_record(upscaler: Any) -> Any:
+def _engine_record(upscaler: Any, scale: float | None = None) -> Any:
+    """What the journal records of the engine: its config, and for an `Upscaler` at `scale`
+    what the config's "auto" values resolve to (timesteps, back-projection passes, noise
+    source), which a new model card or vsr version may change: a resume then differs
+    instead of mixing two calibrations in one file."""
     cfg = getattr(upscaler, "config", None)
     if cfg is None:
         return type(upscaler).__name__
     if hasattr(cfg, "to_dict"):
-        return cfg.to_dict()
-    if dataclasses.is_dataclass(cfg):
-        return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-    return repr(cfg)
+        record = cfg.to_dict()
+    elif dataclasses.is_dataclass(cfg):
+        record = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    else:
+        return repr(cfg)
+    if scale is not None and all(hasattr(upscaler, a) for a in ("timesteps_for", "consistency", "noise")):
+        record["resolved"] = {"timesteps": [int(t) for t in upscaler.timesteps_for(scale)],
+                              "consistency": int(upscaler.consistency), "noise": type(upscaler.noise).__name__}
+    return record
 
 def default_segment_frames(info: io.VideoInfo, frames: int | None) -> int:
     """Frames per segment when not given: a quarter of the video's `frames`, between

@@ -383,6 +383,26 @@ def test_journal_records_the_resolved_device_dtype_and_torch_and_a_mismatch_is_r
     _assert_one_line(proc, EXIT_USAGE, "--resume", "bfloat16", "float32", "--dtype bfloat16")
 
 
+def test_journal_records_what_auto_resolved_to_and_a_new_calibration_is_refused(clip, tiny_model_dir, tmp_path):
+    """`steps`/`consistency`/`noise_level: auto` resolve through the model card, which a new
+    card or vsr version may change under the same options: the journal records the
+    resolved values, so such a resume is refused instead of mixing two calibrations."""
+    out = tmp_path / "out.mkv"
+    args = _killed_after(clip, out, tiny_model_dir, 1)
+    journal = temp_dir_for(out) / JOURNAL
+    records = read_journal(journal)
+    engine = records[0]["header"]["engine"]
+    assert engine["consistency"] == "auto"
+    assert engine["resolved"]["consistency"] == 1 and engine["resolved"]["noise"] == "SharedNoise"
+    assert engine["resolved"]["timesteps"] and all(isinstance(t, int) for t in engine["resolved"]["timesteps"])
+    # the interrupted run's card had the noise predictor calibrated with 4 passes
+    engine["resolved"]["consistency"] = 4
+    journal.write_text("".join(journal_line(r) for r in records))
+    proc = _run([*args, "--resume"])
+    _assert_one_line(proc, EXIT_USAGE, "--resume", "consistency")
+    assert out.exists() is False
+
+
 # --------------------------------------------------------------------- 13. unsafe loads
 class _Evil:
     """Unpickling this creates `marker` (what a crafted checkpoint would do, harmlessly)."""
