@@ -383,6 +383,21 @@ def test_journal_records_the_resolved_device_dtype_and_torch_and_a_mismatch_is_r
     _assert_one_line(proc, EXIT_USAGE, "--resume", "bfloat16", "float32", "--dtype bfloat16")
 
 
+@pytest.mark.parametrize("ext", ["mkv", "mp4"])
+def test_the_same_command_gives_the_same_file_bytes(clip, tiny_model_dir, tmp_path, ext):
+    """Two runs of one command, whole files compared: Matroska wrote random segment and
+    track UIDs (60 bytes apart) until the muxer ran bitexact."""
+    import hashlib
+
+    digests = set()
+    for k in range(2):
+        out = tmp_path / f"run{k}.{ext}"
+        proc = _run([clip, out, "--model", tiny_model_dir, *OPTS])
+        assert proc.returncode == 0, proc.stderr
+        digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
+    assert len(digests) == 1
+
+
 def test_journal_records_what_auto_resolved_to_and_a_new_calibration_is_refused(clip, tiny_model_dir, tmp_path):
     """`steps`/`consistency`/`noise_level: auto` resolve through the model card, which a new
     card or vsr version may change under the same options: the journal records the

@@ -51,6 +51,9 @@ def _start_output(inp: av.container.InputContainer, info: VideoInfo, fmt: Stream
     new video stream and the copies of the others (metadata, dispositions, chapters) and
     write the header. Streams the container cannot hold are left out with a warning."""
     out = av.open(target, "w", format=output_format(name).name)
+    # FFmpeg's bitexact muxing: no random Matroska segment/track UIDs, no muxer version
+    # string, so the same frames and streams give the same file bytes (`-fflags +bitexact`)
+    out.flags |= av.container.Flags.bitexact.value
     dropped: list[str] = []
     copies: dict[int, av.stream.Stream] = {}
     encodes: dict[int, av.stream.Stream] = {}
