@@ -114,10 +114,11 @@ class EncodeOptions:
 
 
 def _engine_record(upscaler: Any, scale: float | None = None) -> Any:
-    """What the journal records of the engine: its config, and for an `Upscaler` at `scale`
-    what the config's "auto" values resolve to (timesteps, back-projection passes, noise
-    source), which a new model card or vsr version may change: a resume then differs
-    instead of mixing two calibrations in one file."""
+    """What the journal records of the engine: its config, with what an `Upscaler` at
+    `scale` computes in place of the "auto" values (steps, back-projection passes, start
+    t/T, timesteps, the noise source), which a new model card or vsr version may change:
+    a resume then differs instead of mixing two calibrations in one file, and the same
+    values given explicitly (`--consistency 4` for an auto that was 4) match."""
     cfg = getattr(upscaler, "config", None)
     if cfg is None:
         return type(upscaler).__name__
@@ -127,9 +128,14 @@ def _engine_record(upscaler: Any, scale: float | None = None) -> Any:
         record = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
     else:
         return repr(cfg)
-    if scale is not None and all(hasattr(upscaler, a) for a in ("timesteps_for", "consistency", "noise")):
-        record["resolved"] = {"timesteps": [int(t) for t in upscaler.timesteps_for(scale)],
-                              "consistency": int(upscaler.consistency), "noise": type(upscaler.noise).__name__}
+    if scale is not None and all(hasattr(upscaler, a) for a in ("timesteps_for", "noise_level_for", "consistency", "noise")):
+        record.update({
+            "steps": int(upscaler.steps), "consistency": int(upscaler.consistency),
+            "noise_level": None if cfg.timesteps is not None else round(upscaler.noise_level_for(scale), 6),
+            "timesteps": [int(t) for t in upscaler.timesteps_for(scale)],
+        })
+        record.pop("noise_predictor", None)  # "auto" or "off": what it gave is the noise source
+        record["noise_source"] = type(upscaler.noise).__name__
     return record
 
 def default_segment_frames(info: io.VideoInfo, frames: int | None) -> int:

@@ -175,13 +175,18 @@ class Upscaler:
                     f"expected values below the model's T = {T}"
                 )
             return self.config.timesteps
+        return timestep_set(self.noise_level_for(scale), self.steps, T)
+
+    def noise_level_for(self, scale: float) -> float:
+        """The start t/T at an upscaling factor: the config's, or under "auto" the noise
+        source's own calibration (a predictor), else the model card's PRF curve."""
         level = self.config.noise_level
-        if level == "auto":  # the noise source's own calibration (a predictor), else the card's PRF
+        if level == "auto":
             level = self.noise.noise_level(scale)
         if level is None:
             card = self.model.card
             level = prf_noise_level(scale, card.prf_scales, card.prf_t)
-        return timestep_set(float(level), self.steps, T)
+        return float(level)
 
     @property
     def steps(self) -> int:

@@ -4,6 +4,7 @@ Every check here fails before any work is done, with a `CodecError` naming what 
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -80,24 +81,52 @@ class EncoderSettings:
 # x264's *sliced* threads by default, one slice per thread), and that count changes the
 # bitstream (slices, the motion search range between frame threads, x265's lookahead
 # slices): a `taskset`, a container's CPU limit or another machine gave other bytes.
-# x264 runs sliced threads at a fixed count: each frame is cut into that many slices,
-# every slice is finished before the next frame starts, and nothing depends on which
-# thread gets there first. Its frame threads, even at a fixed count with
-# non-deterministic=0, gave other bytes under load in full runs of this project's test
-# suite (the same 24 frames: three loaded encodes agreeing with each other and not with
-# the unloaded ones), so they are not used. Four slices cost 1.6% more bytes at the same
-# CRF (-0.02 dB) and encode about as fast (540p sample upscaled to 1080p, preset medium,
-# two cores: 72 ms a frame; frame threads 65-85 ms, one thread 120 ms). x265's frame
-# threads at a fixed count are deterministic by design
-# and held in the same test. The encoder is a small part of vsr's time (the diffusion
-# model is the rest). A user's own `--encoder-opt threads=N` still wins.
+# Frame threads at a fixed count are deterministic by design in x264 (non-deterministic=0,
+# its default, made explicit) and x265; x264's threaded lookahead (sync-lookahead) decides
+# frame types on whatever frames have arrived when its thread runs, so it is off. The
+# encoder is a small part of vsr's time (the diffusion model is the rest), so a fixed
+# count costs little. A user's own `--encoder-opt threads=N` still wins.
 DETERMINISTIC_THREADS = 4
+
+
+# x264's AVX-512 code gave bytes that vary from run to run on this project's CI machines
+# (AMD EPYC virtual machines with AVX-512): the same 24 frames on one thread, no other
+# option changed, gave 4 different files in 12 runs beside two busy processes, and the
+# same file 12 times in 12 with x264 held to AVX2 (`asm=AVX2`: every instruction set up to
+# AVX2, FMA3 and BMI2), in any thread mode, and on one CPU (`taskset`) with AVX-512 too.
+# x264's assembly is bit-exact across instruction sets (its checkasm compares each with C),
+# so the capped encoder writes what the AVX-512 one writes when it does not stray, and what
+# a machine without AVX-512 writes. Only a CPU that has AVX-512 is capped (forcing AVX2 on
+# one without it would crash); elsewhere x264 detects as usual.
+def x264_asm_cap(cpu_flags: frozenset[str] | set[str]) -> str | None:
+    """The x264 `asm=` value for a CPU with these /proc/cpuinfo flags: "AVX2" when it has
+    AVX-512 (avx512f) and everything AVX2 implies in x264 (avx, avx2, fma, bmi1, bmi2,
+    lzcnt as abm), else None (x264's own detection)."""
+    needed = {"avx", "avx2", "fma", "bmi1", "bmi2", "abm", "sse4_2", "ssse3"}
+    if "avx512f" in cpu_flags and needed <= set(cpu_flags):
+        return "AVX2"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    """This machine's CPU flags from /proc/cpuinfo (Linux x86); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
 
 
 def _deterministic_threads(codec: str, opts: dict[str, str]) -> dict[str, str]:
     if codec == "libx264":
-        return {"threads": str(DETERMINISTIC_THREADS), "thread_type": "slice",
-                "x264-params": ":".join(filter(None, ["non-deterministic=0", opts.get("x264-params")]))}
+        cap = x264_asm_cap(_cpu_flags())
+        return {"threads": str(DETERMINISTIC_THREADS), "thread_type": "frame",
+                "x264-params": ":".join(filter(None, [
+                    "sync-lookahead=0:non-deterministic=0", f"asm={cap}" if cap else None, opts.get("x264-params")]))}
     if codec == "libx265":
         return {"x265-params": ":".join(filter(None, [
             opts.get("x265-params"), f"frame-threads={DETERMINISTIC_THREADS}:lookahead-slices=0"]))}

@@ -165,7 +165,8 @@ def _open_locked(lock: WorkLock, created: bool, journal: Path, header: dict, *, 
     if lines and "header" in lines[0]:
         old = lines[0]["header"]
         if old != header:
-            raise UsageError(f"--resume: {_difference(old, header)}; use the same options, or --overwrite to start over")
+            raise UsageError(f"--resume: {_difference(old, header)}; use the interrupted run's options (an 'auto' one "
+                             "resolves through the model card: pass the value it had), or --overwrite to start over")
         segments: list[dict] = []
         done = False
         for rec in lines[1:]:
