@@ -39,7 +39,7 @@ import torch
 import yaml
 
 from vsr.core.resample import resample  # noqa: F401 - re-exported: its old home
-from vsr.errors import InputError
+from vsr.errors import InputError, UsageError
 
 from .predictor_config import PredictorTrainConfig, build_predictor
 from .prior_model import add_training_args, run_training
@@ -276,6 +276,10 @@ def run_cli(args) -> int:
     if args.train_command == "predictor-export":
         if not Path(args.checkpoint).exists():
             raise InputError(f"checkpoint not found: {args.checkpoint}")
+        given = [f"--{n}" for n in ("steps", "consistency") if getattr(args, n) is not None]
+        if given and not args.calibrate:  # they are what the calibration measures with, recorded only with it
+            raise UsageError(f"{' and '.join(given)} {'needs' if len(given) == 1 else 'need'} --calibrate "
+                             "(the card records them with the start t it measures)")
         print(export(args.checkpoint, args.out, prior=args.prior, do_calibrate=args.calibrate, corpus=args.corpus,
                      mix=args.mix, val_max_images=args.max_images, scales=tuple(args.scales), grid=tuple(args.grid),
                      steps=args.steps, consistency=args.consistency))

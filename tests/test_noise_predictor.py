@@ -338,6 +338,28 @@ def test_validation_and_export(tmp_path):
     assert not torch.equal(auto, up.with_config(consistency=1).upscale_tensor(frames))
 
 
+def test_card_entries_and_export_flags_are_checked(tmp_path, capsys):
+    from vsr.errors import UsageError
+
+    net = NoisePredictor(channels=8, num_blocks=1, emb_dim=8)
+    for bad in ("four", 4.0, True, 11, [4]):  # one line naming the key, whatever the YAML held
+        with pytest.raises(ModelError, match="consistency must be an integer in 0..10"):
+            PredictedNoise(net, scales=[2], levels=[0.01], consistency=bad)
+    with pytest.raises(ModelError, match="steps must be an integer"):
+        PredictedNoise(net, scales=[2], levels=[0.01], steps=1.0)
+    # --steps/--consistency are what --calibrate measures with: alone they would be dropped
+    from vsr.cli import main
+
+    ckpt = tmp_path / "last.pt"
+    ckpt.write_bytes(b"")
+    export = ["train", "predictor-export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o")]
+    assert main([*export, "--consistency", "4"]) == UsageError.exit_code
+    assert "--consistency needs --calibrate" in capsys.readouterr().err
+    assert main([*export, "--steps", "1", "--consistency", "4"]) == UsageError.exit_code
+    assert "--steps and --consistency need --calibrate" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_config_errors_name_the_field(tmp_path):
     from vsr.errors import ConfigError
 

@@ -68,9 +68,9 @@ class PredictedNoise:
     ):
         if (scales is None) != (levels is None) or (scales is not None and len(scales) != len(levels or ())):
             raise ModelError("noise predictor: scales and t must both be given, with equal lengths")
-        if steps is not None and (isinstance(steps, bool) or int(steps) != steps or not 1 <= steps <= 50):
+        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 50):
             raise ModelError(f"noise predictor: steps must be an integer in 1..50, got {steps!r}")
-        if consistency is not None and (isinstance(consistency, bool) or int(consistency) != consistency
+        if consistency is not None and (not isinstance(consistency, int) or isinstance(consistency, bool)
                                         or not 0 <= consistency <= 10):
             raise ModelError(f"noise predictor: consistency must be an integer in 0..10, got {consistency!r}")
         if mix < 0 or (mix > 0 and base is None):
