@@ -93,11 +93,11 @@ DETERMINISTIC_THREADS = 4
 # (AMD EPYC virtual machines with AVX-512): the same 24 frames on one thread, no other
 # option changed, gave 4 different files in 12 runs beside two busy processes, and the
 # same file 12 times in 12 with x264 held to AVX2 (`asm=AVX2`: every instruction set up to
-# AVX2, FMA3 and BMI2), in any thread mode, and on one CPU (`taskset`) with AVX-512 too.
-# x264's assembly is bit-exact across instruction sets (its checkasm compares each with C),
-# so the capped encoder writes what the AVX-512 one writes when it does not stray, and what
-# a machine without AVX-512 writes. Only a CPU that has AVX-512 is capped (forcing AVX2 on
-# one without it would crash); elsewhere x264 detects as usual.
+# AVX2, FMA3 and BMI2), in any thread mode (pinned to one CPU, AVX-512 was steady too). The
+# capped file is not the AVX-512 one: on the 540p sample upscaled to 1080p (preset medium,
+# CRF 18) 1,214,359 bytes against 1,214,513, at the same speed (72-85 ms a frame against
+# 83-89). Only a CPU that has AVX-512 is capped (forcing AVX2 on one without it would
+# crash); elsewhere x264 detects as usual.
 def x264_asm_cap(cpu_flags: frozenset[str] | set[str]) -> str | None:
     """The x264 `asm=` value for a CPU with these /proc/cpuinfo flags: "AVX2" when it has
     AVX-512 (avx512f) and everything AVX2 implies in x264 (avx, avx2, fma, bmi1, bmi2,
