@@ -23,29 +23,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
-
-from vsr.pipelines.preview import _preview
-from vsr.pipelines.transcode_parts import (  # noqa: F401 - re-exported: their old home
-    SEGMENT_SECONDS,
-    SEGMENTS_PER_VIDEO,
-    EncodeOptions,
-    Progress,
-    Result,
-    _engine_record,
-    _progress,
-    build_upscaler,
-    default_segment_frames,
-    deferred_interrupts,
-    frame_span,
-    present_frames,
-    shortfall,
-)
 
 from vsr import io
 from vsr.device import runtime_record
@@ -64,6 +46,22 @@ from vsr.jobs import (
 )
 from vsr.jobs.journal import interrupted_header
 from vsr.jobs.lock import lock_work_folder
+from vsr.pipelines.preview import _preview
+from vsr.pipelines.transcode_parts import (  # noqa: F401 - re-exported: their old home
+    SEGMENT_SECONDS,
+    SEGMENTS_PER_VIDEO,
+    EncodeOptions,
+    Progress,
+    Result,
+    _engine_record,
+    _progress,
+    build_upscaler,
+    default_segment_frames,
+    deferred_interrupts,
+    frame_span,
+    present_frames,
+    shortfall,
+)
 from vsr.targets import parse_size, plan_output
 
 log = logging.getLogger(__name__)
@@ -193,7 +191,7 @@ def upscale_video(
             "plan": dataclasses.asdict(plan),
             "deinterlace": deinterlace,
             "encoder": dataclasses.asdict(settings),
-            "engine": _engine_record(up, math.sqrt(plan.scaled[0] / plan.crop[2] * plan.scaled[1] / plan.crop[3])),
+            "engine": _engine_record(up, plan.crop[3], plan.crop[2]),
             "segment_frames": segment_frames,
             "span": list(span),
             "output": dst.name,

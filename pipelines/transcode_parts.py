@@ -113,9 +113,9 @@ class EncodeOptions:
         return settings
 
 
-def _engine_record(upscaler: Any, scale: float | None = None) -> Any:
-    """What the journal records of the engine: its config, with what an `Upscaler` at
-    `scale` computes in place of the "auto" values (steps, back-projection passes, start
+def _engine_record(upscaler: Any, height: int | None = None, width: int | None = None) -> Any:
+    """What the journal records of the engine: its config, with what an `Upscaler` given
+    height x width frames computes in place of the "auto" values (steps, back-projection passes, start
     t/T, timesteps, the noise source), which a new model card or vsr version may change:
     a resume then differs instead of mixing two calibrations in one file, and the same
     values given explicitly (`--consistency 4` for an auto that was 4) match."""
@@ -128,7 +128,9 @@ def _engine_record(upscaler: Any, scale: float | None = None) -> Any:
         record = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
     else:
         return repr(cfg)
-    if scale is not None and all(hasattr(upscaler, a) for a in ("timesteps_for", "noise_level_for", "consistency", "noise")):
+    if height and width and all(hasattr(upscaler, a) for a in ("scale_for", "timesteps_for", "noise_level_for",
+                                                                "consistency", "noise")):
+        scale = upscaler.scale_for(height, width)
         record.update({
             "steps": int(upscaler.steps), "consistency": int(upscaler.consistency),
             "noise_level": None if cfg.timesteps is not None else round(upscaler.noise_level_for(scale), 6),

@@ -11,12 +11,12 @@ import signal
 import sys
 from typing import Any
 
-from vsr.pipelines.transcode import EncodeOptions, Progress, upscale_video
-
 from vsr import io
 from vsr.cli import signals_handled
 from vsr.errors import EXIT_OK, UsageError
+from vsr.pipelines.transcode import EncodeOptions, Progress, upscale_video
 from vsr.targets import PRESETS
+
 
 
 # ------------------------------------------------------------------------ command line

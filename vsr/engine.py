@@ -165,6 +165,12 @@ class Upscaler:
         s = self.config.scale if self.config.scale is not None else DEFAULT_SCALE
         return max(1, round(height * s)), max(1, round(width * s))
 
+    def scale_for(self, height: int, width: int) -> float:
+        """The upscaling factor of a height x width input (the geometric mean of the two
+        axes' factors): what the noise level, timesteps and calibration are read at."""
+        H, W = self.output_size(height, width)
+        return math.sqrt((H / height) * (W / width))
+
     def timesteps_for(self, scale: float) -> tuple[int, ...]:
         """The DDIM timestep set for an upscaling factor (explicit, or from the noise level)."""
         T = self.model.num_train_timesteps
@@ -235,7 +241,7 @@ class Upscaler:
         n, _, h, w = x.shape
         H, W = self.output_size(h, w)
         indices = list(range(n)) if indices is None else list(indices)
-        ts = self.timesteps_for(math.sqrt((H / h) * (W / w)))
+        ts = self.timesteps_for(self.scale_for(h, w))
         # 1. the input and its resize to the target, in [-1, 1]
         x = x.to(den.device, torch.float32)
         low, upsampled = x * 2.0 - 1.0, resize(x, H, W) * 2.0 - 1.0
