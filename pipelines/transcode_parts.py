@@ -116,7 +116,7 @@ class EncodeOptions:
 def _engine_record(upscaler: Any, height: int | None = None, width: int | None = None) -> Any:
     """What the journal records of the engine: its config, with what an `Upscaler` given
     height x width frames computes in place of the "auto" values (steps, back-projection passes, start
-    t/T, timesteps, the noise source), which a new model card or vsr version may change:
+    t/T, timesteps, whether a noise predictor ran), which a new model card or vsr version may change:
     a resume then differs instead of mixing two calibrations in one file, and the same
     values given explicitly (`--consistency 4` for an auto that was 4) match."""
     cfg = getattr(upscaler, "config", None)
@@ -136,8 +136,8 @@ def _engine_record(upscaler: Any, height: int | None = None, width: int | None =
             "noise_level": None if cfg.timesteps is not None else round(upscaler.noise_level_for(scale), 6),
             "timesteps": [int(t) for t in upscaler.timesteps_for(scale)],
         })
-        record.pop("noise_predictor", None)  # "auto" or "off": what it gave is the noise source
-        record["noise_source"] = type(upscaler.noise).__name__
+        # "auto" on a model without a predictor is "off": record what ran, in the option's terms
+        record["noise_predictor"] = "off" if getattr(upscaler.noise, "predictor", None) is None else "on"
     return record
 
 def default_segment_frames(info: io.VideoInfo, frames: int | None) -> int:

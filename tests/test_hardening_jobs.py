@@ -422,7 +422,7 @@ def test_journal_records_what_auto_resolved_to_and_a_new_calibration_is_refused(
     journal = temp_dir_for(out) / JOURNAL
     records = read_journal(journal)
     engine = records[0]["header"]["engine"]
-    assert engine["consistency"] == 1 and engine["noise_source"] == "SharedNoise"  # a model without a predictor
+    assert engine["consistency"] == 1 and engine["noise_predictor"] == "off"  # a model without a predictor
     assert engine["steps"] == 1 and engine["timesteps"] and all(isinstance(t, int) for t in engine["timesteps"])
     # the interrupted run's card had the noise predictor calibrated with 4 passes
     engine["consistency"] = 4
@@ -430,6 +430,12 @@ def test_journal_records_what_auto_resolved_to_and_a_new_calibration_is_refused(
     proc = _run([*args, "--resume"])
     _assert_one_line(proc, EXIT_USAGE, "--resume", "consistency", "4", "pass the value it had")
     assert out.exists() is False
+    # every difference is named, each once (a helper needed three refused runs, one per key)
+    engine["steps"] = 2
+    journal.write_text("".join(journal_line(r) for r in records))
+    line = _assert_one_line(_run([*args, "--resume"]), EXIT_USAGE, "engine.consistency: 4 != 1", "engine.steps: 2 != 1")
+    assert line.count("!=") == 2
+    engine["steps"] = 1
     # the interrupted run's values given explicitly resume it (here: what auto gave, 1 pass)
     engine["consistency"] = 1
     journal.write_text("".join(journal_line(r) for r in records))

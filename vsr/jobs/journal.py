@@ -118,13 +118,11 @@ def interrupted_header(folder: Path) -> dict | None:
 
 
 def diff(a: Any, b: Any, path: str = "") -> str | None:
-    """The first key where two JSON-like values differ, as 'key: old != new'."""
+    """Every key where two JSON-like values differ, as 'key: old != new', joined by '; '
+    (None when they are equal)."""
     if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            d = diff(a.get(k), b.get(k), f"{path}.{k}" if path else k)
-            if d:
-                return d
-        return None
+        found = [d for k in sorted(set(a) | set(b)) if (d := diff(a.get(k), b.get(k), f"{path}.{k}" if path else k))]
+        return "; ".join(found) or None
     return None if a == b else f"{path}: {a!r} != {b!r}"
 
 
@@ -165,8 +163,10 @@ def _open_locked(lock: WorkLock, created: bool, journal: Path, header: dict, *, 
     if lines and "header" in lines[0]:
         old = lines[0]["header"]
         if old != header:
-            raise UsageError(f"--resume: {_difference(old, header)}; use the interrupted run's options (an 'auto' one "
-                             "resolves through the model card: pass the value it had), or --overwrite to start over")
+            auto = "" if old.get("engine") == header.get("engine") else (
+                " (an 'auto' one resolves through the model card: pass the value it had)")
+            raise UsageError(f"--resume: {_difference(old, header)}; use the interrupted run's options{auto}, "
+                             "or --overwrite to start over")
         segments: list[dict] = []
         done = False
         for rec in lines[1:]:
