@@ -24,6 +24,8 @@ def _key_value(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
     k, v = text.split("=", 1)
+    if not k.strip():
+        raise argparse.ArgumentTypeError(f"expected key=value with a key, got {text!r}")
     return k.strip(), v.strip()
 
 

@@ -172,3 +172,21 @@ def test_encoder_option_nothing_reads_is_an_error_not_ignored(clip, tmp_path, ti
     assert list(tmp_path.iterdir()) == []
     ok = ["upscale", str(clip), str(out), "--model", str(tiny_model_dir), "--encoder-opt", "tune=grain", "--quiet"]
     assert main(ok) == 0 and out.stat().st_size > 0  # an option x264 has is taken
+
+
+@pytest.mark.parametrize("opt, named", [
+    ("x264-params=bogus=1", "bogus"),  # libx264 only logs "Error parsing option" and goes on
+    ("x264-params=asm=NOPE", "asm"),  # ... and would have turned off all of x264's assembly
+    ("threads=abc", "threads"),  # FFmpeg refuses it: the one line says which option, not only "Invalid argument"
+])
+def test_encoder_option_with_a_value_the_encoder_cannot_parse_is_an_error(opt, named, clip, tmp_path, tiny_model_dir,
+                                                                           capfd):
+    out = tmp_path / "o.mp4"
+    code, err = run(["upscale", str(clip), str(out), "--model", str(tiny_model_dir), "--encoder-opt", opt], capfd)
+    assert_one_line(code, err, EXIT_CODEC, named)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_encoder_option_without_a_key_is_a_usage_error(clip, tmp_path, capfd):
+    code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--encoder-opt", "=1"], capfd)
+    assert_one_line(code, err, EXIT_USAGE, "key=value")

@@ -200,6 +200,17 @@ def test_a_declared_resolution_too_large_is_refused_in_one_line(tmp_path, tiny_m
 
 
 # ---------------------------------------------------------------- the pieces, in-process
+def test_an_encoder_option_x264_cannot_parse_is_refused_before_the_destination_opens(tmp_path, tiny_model_dir):
+    """libx264 only logs "Error parsing option" for a bad key inside x264-params and goes
+    on; a live encode would have run without it for hours."""
+    small = write_clip(tmp_path / "small.ts", width=W, height=H, frames=3, fps=FPS)
+    p = _vsr("stream", str(small), str(tmp_path / "out.ts"), "--model", str(tiny_model_dir),
+             "--encoder-opt", "x264-params=bogus=1")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 6 and err.count("\n") == 1 and "bogus" in err and "tune=" not in err, err
+    assert not (tmp_path / "out.ts").exists()
+
+
 def test_the_container_follows_the_scheme_or_format():
     from vsr.errors import UsageError
     from vsr.io.live import live_format

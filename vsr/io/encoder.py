@@ -18,6 +18,7 @@ import numpy as np
 
 from vsr.errors import CodecError, UsageError
 from vsr.frame import Frame
+from vsr.io.logs import captured_ffmpeg_logs
 from vsr.io.source import HDR10, MATRIX, Colour, has_alpha, reason
 
 
@@ -319,17 +320,42 @@ def open_encoder(fmt: StreamFormat, *, global_header: bool) -> av.VideoCodecCont
     return cc
 
 
-def check_encoder_opens(fmt: StreamFormat) -> None:
+# What an encoder logs, and goes on, when a value inside its `*-params` string is wrong:
+# FFmpeg's libx264.c ("Error parsing option 'k = v'"), libx265.c ("Unknown option: k",
+# "Invalid value for k: v"), libsvtav1.c ("Error parsing option k: v"), libaomenc.c
+# ("Error setting option k to value v").
+_OPTION_REFUSED = re.compile(r"Error parsing option|Unknown option|Invalid value for|Error setting option")
+
+
+def check_encoder_opens(fmt: StreamFormat, given: tuple[tuple[str, str], ...] | None = None) -> None:
     """Open (and drop) an encoder with `fmt`, so refused options fail before any work.
 
     FFmpeg leaves the options an encoder does not know in the dictionary instead of
-    failing; a user's `--encoder-opt` that nothing reads is a typo or the wrong codec,
+    failing, and libx264/libx265/libsvtav1 only log a warning for a key or value inside
+    their `*-params` string that they cannot parse (x264's `asm=NOPE` then turns off all
+    assembly); a user's `--encoder-opt` that nothing reads is a typo or the wrong codec,
     and silently encoding without it is the kind of surprise that costs a night's job.
+    Raises CodecError naming the option in both cases, and with the encoder's own words
+    when FFmpeg refuses a value outright (`threads=abc`). given: the user's options, for
+    the message (default: all of `fmt.settings.options`).
     """
-    cc = open_encoder(fmt, global_header=False)
+    codec = fmt.settings.codec
+    mine = fmt.settings.options if given is None else given
+    given = "--encoder-opt " + " ".join(f"{k}={v}" for k, v in mine) if mine else "the options vsr sets"
+    try:
+        with captured_ffmpeg_logs() as lines:
+            cc = open_encoder(fmt, global_header=False)
+    except CodecError as exc:
+        said = [msg for _, _, msg in lines if _OPTION_REFUSED.search(msg)]
+        if not said:
+            raise
+        raise CodecError(f"{codec} refused {given}: {'; '.join(s.rstrip('.') for s in said)}") from exc
+    said = [msg for level, _, msg in lines if level <= av.logging.WARNING and _OPTION_REFUSED.search(msg)]
+    if said:
+        raise CodecError(f"{codec} could not parse {given}: {'; '.join(s.rstrip('.') for s in said)}")
     unused = sorted(set(dict(cc.options)) & {k for k, _ in fmt.settings.options})
     if unused:
-        raise CodecError(f"{fmt.settings.codec} has no option {', '.join(unused)} (given with --encoder-opt)")
+        raise CodecError(f"{codec} has no option {', '.join(unused)} (given with --encoder-opt)")
 
 
 def to_av_frame(frame: Frame, fmt: StreamFormat) -> av.VideoFrame:

@@ -37,6 +37,7 @@ from vsr.io.encoder import (
     StreamFormat,
     check_crf,
     check_encoder,
+    check_encoder_opens,
     codec_id,
     configure,
     output_format,
@@ -346,6 +347,7 @@ class LiveOutput:
             settings=settings, width=size[0], height=size[1], time_base=info.time_base, rate=info.rate,
             colour=info.colour, hdr=None, global_header=False,
         )
+        check_encoder_opens(self._fmt, tuple(encoding.options))  # a bad --encoder-opt fails before the destination opens
         self._keyint = encoding.keyint
         self._last_key: float | None = None
         mux_opts = {"flvflags": "no_duration_filesize"} if self.format_name == "flv" else {}
