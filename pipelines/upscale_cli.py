@@ -20,6 +20,17 @@ from vsr.targets import PRESETS
 
 
 # ------------------------------------------------------------------------ command line
+def summary_line(result) -> str:
+    """The line `vsr upscale` prints when done. After a resume it says how many frames the
+    interrupted run had made: the seconds and frames/s are this run's alone."""
+    w, h = result.size
+    done = f"{result.frames} frames"
+    if result.resumed_frames:
+        done += (f" ({result.resumed_frames} from the interrupted run, {result.frames - result.resumed_frames}"
+                 " in this one)")
+    return f"wrote {result.output}: {done}, {w}x{h}, {result.seconds:.1f} s ({result.fps:.2f} frames/s)"
+
+
 def _key_value(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
@@ -225,6 +236,5 @@ def run_cli(args: argparse.Namespace) -> int:
                           "size": list(result.size), "seconds": round(result.seconds, 3), "fps": round(result.fps, 3),
                           "declared_frames": result.declared_frames, "warning": result.warning}), flush=True)
     elif not args.quiet:
-        w, h = result.size
-        print(f"wrote {result.output}: {result.frames} frames, {w}x{h}, {result.seconds:.1f} s ({result.fps:.2f} frames/s)")
+        print(summary_line(result))
     return EXIT_OK

@@ -129,3 +129,16 @@ def test_prefetch_keeps_the_callers_torch_thread_count():
                 assert list(it) == [n]  # a bare thread would report OpenMP's default
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_summary_line_after_a_resume_says_which_frames_this_run_made():
+    from pathlib import Path
+
+    from vsr.pipelines.transcode_parts import Result
+    from vsr.pipelines.upscale_cli import summary_line
+
+    fresh = Result(Path("o.mp4"), 96, 0, 8.0, 12.0, (960, 540))
+    assert summary_line(fresh) == "wrote o.mp4: 96 frames, 960x540, 8.0 s (12.00 frames/s)"
+    resumed = Result(Path("o.mp4"), 96, 60, 4.0, 9.0, (960, 540))
+    assert summary_line(resumed) == ("wrote o.mp4: 96 frames (60 from the interrupted run, 36 in this one), "
+                                     "960x540, 4.0 s (9.00 frames/s)")
