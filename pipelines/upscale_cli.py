@@ -148,6 +148,7 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
 def engine_config_from_args(args: argparse.Namespace) -> Any:
     """EngineConfig from --config plus the command-line overrides (validated there)."""
     from vsr.config import EngineConfig
+    from vsr.errors import ConfigError
 
     base = EngineConfig.from_yaml(args.config) if args.config else EngineConfig()
     overrides = {
@@ -163,7 +164,14 @@ def engine_config_from_args(args: argparse.Namespace) -> Any:
         "device": args.device,
         "dtype": args.dtype,
     }
-    return base.replace(**overrides)
+    try:
+        return base.replace(**overrides)
+    except ConfigError as exc:  # name the option the user typed, not the config field behind it
+        if exc.field in overrides and overrides[exc.field] is not None:
+            flag = "--" + exc.field.replace("_", "-")
+            raise ConfigError(f"{flag} {overrides[exc.field]} is invalid: expected {exc.allowed}",
+                              field=exc.field, value=exc.value, allowed=exc.allowed) from None
+        raise
 
 
 def _runner(args: argparse.Namespace) -> Any:

@@ -56,6 +56,16 @@ def test_upscale_infinite_scale_and_binary_config(clip, tmp_path, capsys):
     assert_one_line(code, err, EXIT_USAGE, "cannot read config")
 
 
+def test_a_bad_option_value_names_the_option_and_a_bad_file_value_the_field(clip, tmp_path, capsys):
+    code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--steps", "0"], capsys)
+    assert_one_line(code, err, EXIT_USAGE, "--steps 0 is invalid", "1..50")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("batch: 0\n")
+    code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--config", str(bad)], capsys)
+    assert_one_line(code, err, EXIT_USAGE, "config field 'batch' = 0")
+    assert list(tmp_path.iterdir()) == [bad]
+
+
 def test_multiline_yaml_error_is_one_line(clip, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("{steps: 2\n")

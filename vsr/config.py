@@ -40,7 +40,8 @@ def preset_names() -> list[str]:
 
 
 def _fail(name: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"config field '{name}' = {value!r} is invalid: expected {allowed}")
+    raise ConfigError(f"config field '{name}' = {value!r} is invalid: expected {allowed}", field=name, value=value,
+                      allowed=allowed)
 
 
 OVERLAP_AUTO = 32  # overlap "auto": this many pixels, at most half the tile (a small-crop model)
