@@ -31,6 +31,8 @@ class PredictorTrainConfig(YamlConfig):
     num_blocks: int = 4
     pixel_unshuffle: int = 4
     emb_dim: int = 64
+    deep_blocks: int = 0  # blocks of the coarse branch at H/(2 pixel_unshuffle) (0: none)
+    deep_channels: int = 64
     # sampler
     crop: int = 128
     scale_min: float = 1.5
@@ -83,8 +85,9 @@ class PredictorTrainConfig(YamlConfig):
             raise ConfigError("steps_choices: a non-empty list of step counts >= 1")
         if self.prior_dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"prior_dtype: got {self.prior_dtype!r}, allowed: auto, float32, bfloat16")
-        if self.crop % self.pixel_unshuffle or self.val_crop % self.pixel_unshuffle or self.crop > self.pack_size:
-            raise ConfigError(f"crop/val_crop must be multiples of {self.pixel_unshuffle} and crop <= pack_size")
+        m = self.pixel_unshuffle * (2 if self.deep_blocks else 1)
+        if self.crop % m or self.val_crop % m or self.crop > self.pack_size:
+            raise ConfigError(f"crop/val_crop must be multiples of {m} and crop <= pack_size")
         if self.batch_size < 1 or self.steps < 0:
             raise ConfigError("batch_size must be >= 1 and steps >= 0")
 
@@ -98,5 +101,6 @@ def build_predictor(cfg: PredictorTrainConfig, num_train_timesteps: int = 1000, 
 
     return NoisePredictor(
         channels=cfg.channels, num_blocks=cfg.num_blocks, pixel_unshuffle=cfg.pixel_unshuffle, emb_dim=cfg.emb_dim,
-        num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+        deep_blocks=cfg.deep_blocks, deep_channels=cfg.deep_channels, num_train_timesteps=num_train_timesteps,
+        beta_schedule=beta_schedule,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,9 +21,10 @@ from vsr.noise import NoiseContext, SharedNoise
 from vsr.noise.predicted import PredictedNoise, load_noise_predictor
 
 
-def tiny_predictor(seed: int = 0, beta_schedule: str = "squaredcos_cap_v2") -> NoisePredictor:
+def tiny_predictor(seed: int = 0, beta_schedule: str = "squaredcos_cap_v2", deep_blocks: int = 0) -> NoisePredictor:
     torch.manual_seed(seed)
-    net = NoisePredictor(channels=8, num_blocks=1, pixel_unshuffle=2, emb_dim=8, beta_schedule=beta_schedule)
+    net = NoisePredictor(channels=8, num_blocks=1, pixel_unshuffle=2, emb_dim=8, beta_schedule=beta_schedule,
+                         deep_blocks=deep_blocks, deep_channels=12)
     for p in net.tail.parameters():  # not the zero init: make d depend on the input
         torch.nn.init.normal_(p, std=0.1)
     return net
@@ -85,13 +87,43 @@ def test_start_is_upsampled_plus_detail_and_zero_init_gives_x_up():
         net(x, 0)
 
 
-def test_budget_of_the_default_and_the_shipped_architecture():
+def test_budget_of_the_default_the_shipped_and_every_configured_architecture():
     from vsr.models import shipped_weights_dir
+    from vsr.pipelines.predictor_config import PredictorTrainConfig, build_predictor
 
     assert count_macs(NoisePredictor()) <= 1.5e9  # issue 10: at most 1.5 GMACs per 256x256 tile
     folder = shipped_weights_dir("vsr-prior-s") / SUBFOLDER
     shipped = NoisePredictor.from_config(NoisePredictor.load_config(folder))
     assert count_macs(shipped) <= 1.5e9
+    configs = sorted((Path(__file__).parents[1] / "configs" / "predictor").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        assert count_macs(build_predictor(PredictorTrainConfig.from_yaml(path))) <= 1.5e9, path.name
+
+
+def test_the_coarse_branch_pads_round_trips_and_stays_batch_independent(tmp_path):
+    net = tiny_predictor(deep_blocks=1)
+    for p in net.up.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    assert net.size_multiple == 4 and tiny_predictor().size_multiple == 2
+    x = torch.rand(2, 3, 16, 24) * 2 - 1
+    with pytest.raises(ValueError, match="multiples of 4"):
+        net(x[..., :14, :], 50)
+    net.save_pretrained(tmp_path / SUBFOLDER)
+    back = NoisePredictor.from_pretrained(str(tmp_path), subfolder=SUBFOLDER, low_cpu_mem_usage=False)
+    assert back.config.deep_blocks == 1 and torch.equal(back(x, 30), net(x, 30))
+    # its output moves when only the coarse branch's weights change: the branch is in the path
+    with torch.no_grad():
+        back.deep[0].conv2.weight.add_(0.1)
+    assert not torch.allclose(back(x, 30), net(x, 30))
+    src = PredictedNoise(net, scales=[2, 4], levels=[0.02, 0.1])
+    frames = torch.rand(3, 3, 30, 26, generator=torch.Generator().manual_seed(0)) * 2 - 1  # padded to 32x28
+    together = src(_ctx(frames, [0, 1, 2]))
+    assert together.shape == (3, 3, 30, 26)
+    for i in range(3):
+        assert torch.equal(src(_ctx(frames[i : i + 1], [i])), together[i : i + 1])
+    with pytest.raises(ModelError, match="multiples of 4"):
+        PredictedNoise(net, tile=1022)
 
 
 def test_round_trip_through_a_model_folder(tmp_path):

@@ -22,7 +22,13 @@ bicubic frame to the prior as if it were x_t", the Diff-SR start without noise.
 
 Architecture: pixel_unshuffle(r) of x_up (3 r^2 channels at H/r), a 3x3 conv to C
 channels, `num_blocks` residual blocks (conv-SiLU-conv, FiLM by the timestep after the
-first conv), a 3x3 conv back to 3 r^2 channels, pixel_shuffle(r). Everything runs at H/r.
+first conv), a 3x3 conv back to 3 r^2 channels, pixel_shuffle(r). Everything runs at H/r,
+except an optional coarse branch (`deep_blocks` > 0): after the blocks, pixel_unshuffle(2)
+and a 1x1 conv to `deep_channels` at H/2r, `deep_blocks` more residual blocks there, a 1x1
+conv and pixel_shuffle(2) back, added to the H/r features before the last conv (a U-Net of
+two levels). A block of 2C channels at H/2r costs the MACs of one of C channels at H/r and
+has four times its weights and twice its reach; inputs must then be multiples of 2r
+(`size_multiple`).
 The shipped predictor (second version) has r = 2, C = 32, 4 blocks: 1.32 GMACs per
 256x256 tile (the issue's budget is 1.5), 102k parameters, a receptive field of 42 output
 pixels; the first (r = 4, C = 64: 1.43 GMACs, 388k parameters) learnt more slowly at the
@@ -100,18 +106,31 @@ class NoisePredictor(ModelMixin, ConfigMixin):
         emb_dim: int = 64,
         num_train_timesteps: int = 1000,
         beta_schedule: str = "squaredcos_cap_v2",
+        deep_blocks: int = 0,
+        deep_channels: int = 64,
     ):
         super().__init__()
-        if pixel_unshuffle < 1 or channels < 1 or num_blocks < 0 or emb_dim % 2:
-            raise ValueError("NoisePredictor: pixel_unshuffle, channels >= 1, num_blocks >= 0, emb_dim even")
+        if pixel_unshuffle < 1 or channels < 1 or num_blocks < 0 or emb_dim % 2 or deep_blocks < 0 or deep_channels < 1:
+            raise ValueError("NoisePredictor: pixel_unshuffle, channels, deep_channels >= 1, num_blocks, deep_blocks"
+                             " >= 0, emb_dim even")
         r2 = 3 * pixel_unshuffle**2
         self.emb = torch.nn.Sequential(torch.nn.Linear(emb_dim, emb_dim), torch.nn.SiLU())
         self.head = torch.nn.Conv2d(r2, channels, 3, padding=1)
         self.blocks = torch.nn.ModuleList(_ResBlock(channels, emb_dim) for _ in range(num_blocks))
+        if deep_blocks:  # the coarse branch at H/2r: wider and reaching further for the same MACs as a block at H/r
+            self.down = torch.nn.Conv2d(4 * channels, deep_channels, 1)
+            self.deep = torch.nn.ModuleList(_ResBlock(deep_channels, emb_dim) for _ in range(deep_blocks))
+            self.up = torch.nn.Conv2d(deep_channels, 4 * channels, 1)
         self.tail = torch.nn.Conv2d(channels, r2, 3, padding=1)
         torch.nn.init.zeros_(self.tail.weight)  # d = 0 at the start: x_t = x_up
         torch.nn.init.zeros_(self.tail.bias)
         self.register_buffer("alphas_cumprod", _alphas_cumprod(num_train_timesteps, beta_schedule), persistent=False)
+
+    @property
+    def size_multiple(self) -> int:
+        """H and W of an input must be multiples of this: pixel_unshuffle, twice it with a
+        coarse branch."""
+        return int(self.config.pixel_unshuffle) * (2 if self.config.deep_blocks else 1)
 
     def _timesteps(self, t: int | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
         t = torch.as_tensor(t, device=device).long().reshape(-1)
@@ -125,16 +144,21 @@ class NoisePredictor(ModelMixin, ConfigMixin):
 
     def detail(self, x_up: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         """d: (N, 3, H, W), the image the start x_t equals minus x_up."""
-        r = self.config.pixel_unshuffle
+        r, m = self.config.pixel_unshuffle, self.size_multiple
         n, _, h, w = x_up.shape
-        if h % r or w % r:
-            raise ValueError(f"NoisePredictor: H and W must be multiples of {r}, got {h}x{w}")
+        if h % m or w % m:
+            raise ValueError(f"NoisePredictor: H and W must be multiples of {m}, got {h}x{w}")
         t = self._timesteps(t, n, x_up.device)
         emb = self.emb(timestep_features(t, self.config.num_train_timesteps, self.config.emb_dim).to(x_up.dtype))
         x = F.pixel_unshuffle(x_up, r) if r > 1 else x_up
         h_ = self.head(x)
         for block in self.blocks:
             h_ = block(h_, emb)
+        if self.config.deep_blocks:
+            g = self.down(F.pixel_unshuffle(h_, 2))
+            for block in self.deep:
+                g = block(g, emb)
+            h_ = h_ + F.pixel_shuffle(self.up(g), 2)
         out = self.tail(h_)
         return F.pixel_shuffle(out, r) if r > 1 else out
 

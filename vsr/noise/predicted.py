@@ -75,7 +75,7 @@ class PredictedNoise:
             raise ModelError(f"noise predictor: consistency must be an integer in 0..10, got {consistency!r}")
         if mix < 0 or (mix > 0 and base is None):
             raise ModelError("noise predictor: mix must be >= 0 and needs a base noise source when > 0")
-        r = int(predictor.config.pixel_unshuffle)
+        r = int(predictor.size_multiple)
         if tile % r or overlap % r:
             raise ModelError(f"noise predictor: tile and overlap must be multiples of {r}")
         self.predictor = predictor.eval().requires_grad_(False)
@@ -137,7 +137,7 @@ class PredictedNoise:
     def detail(self, x_up: torch.Tensor, t: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """d (1, 3, H, W) float32 for one frame x_up (1, 3, H, W) in [-1, 1]."""
         net = self._net(x_up.device, dtype)
-        r = int(net.config.pixel_unshuffle)
+        r = int(net.size_multiple)
         h, w = x_up.shape[-2:]
         ph, pw = (-h) % r, (-w) % r
         x = F.pad(x_up, (0, pw, 0, ph), mode="replicate") if ph or pw else x_up
