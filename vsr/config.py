@@ -141,7 +141,7 @@ class EngineConfig:
         if self.consistency != "auto" and (not _is_int(self.consistency) or not 0 <= self.consistency <= 10):
             _fail("consistency", self.consistency, "'auto' or an integer in 0..10 (back-projection passes per step; 0 = off)")
         if self.tile is not None and (not _is_int(self.tile) or not 8 <= self.tile <= 4096):
-            _fail("tile", self.tile, "null (the model card's crop) or an integer in 8..4096")
+            _fail("tile", self.tile, "an integer in 8..4096 (unset or null: the model card's crop)")
         if self.overlap != "auto":
             if not _is_int(self.overlap) or not 0 <= self.overlap <= 2048:
                 _fail("overlap", self.overlap, "'auto' or an integer in 0..2048 (32-64 is typical)")
