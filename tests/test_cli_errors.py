@@ -66,6 +66,12 @@ def test_a_bad_option_value_names_the_option_and_a_bad_file_value_the_field(clip
     assert list(tmp_path.iterdir()) == [bad]
 
 
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(clip, tmp_path, capsys):
+    code = main(["--debug", "upscale", str(clip), str(tmp_path / "o.mp4"), "--steps", "0"])
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE and "Traceback" in err and err.strip().splitlines()[-1].startswith("vsr: --steps 0")
+
+
 def test_multiline_yaml_error_is_one_line(clip, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("{steps: 2\n")

@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn
 
@@ -191,8 +192,8 @@ def _dispatch(argv: list[str], command: str | None, as_program: bool) -> int:
             _ignore_further_interrupts()
         return rc
     except VsrError as exc:
-        if debug:
-            raise
+        if debug:  # the traceback too, but the exit code stays the error's (scripts test it)
+            traceback.print_exc()
         print(f"vsr: {_one_line(str(exc))}", file=sys.stderr)
         if as_program and exc.exit_code == EXIT_INTERRUPTED:
             _exit_interrupted()
