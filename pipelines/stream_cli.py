@@ -113,7 +113,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def _run_cli(args: argparse.Namespace, stop: threading.Event, on_loaded: Callable[[], None]) -> int:
-    from vsr.io import route_ffmpeg_logs
+    from vsr.io import merge_encoder_options, route_ffmpeg_logs
     from vsr.io.live import LiveEncoding
 
     route_ffmpeg_logs(verbose=bool(getattr(args, "debug", False)))
@@ -146,7 +146,7 @@ def _run_cli(args: argparse.Namespace, stop: threading.Event, on_loaded: Callabl
     encoding = LiveEncoding(
         codec=args.codec, crf=args.crf, bitrate=args.bitrate, maxrate=args.maxrate, bufsize=args.bufsize,
         preset=args.preset, tune=None if args.tune in ("none", "") else args.tune, keyint=args.keyint,
-        pix_fmt=args.pix_fmt, options=tuple(args.encoder_opt),
+        pix_fmt=args.pix_fmt, options=tuple(merge_encoder_options(args.encoder_opt).items()),
     )
     try:
         result = stream_video(

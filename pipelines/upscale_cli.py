@@ -225,7 +225,7 @@ def run_cli(args: argparse.Namespace) -> int:
                 args.output,
                 encode=EncodeOptions(
                     codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt, ten_bit=args.ten_bit,
-                    options=dict(args.encoder_opt),
+                    options=io.merge_encoder_options(args.encoder_opt),
                 ),
                 segment_frames=args.segment_frames,
                 overwrite=args.overwrite,

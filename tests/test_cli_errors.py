@@ -203,6 +203,25 @@ def test_encoder_option_with_a_value_the_encoder_cannot_parse_is_an_error(opt, n
     assert list(tmp_path.iterdir()) == []
 
 
+def test_repeated_encoder_options_append_params_and_refuse_a_key_given_two_values():
+    from vsr.io import merge_encoder_options
+    from vsr.errors import UsageError
+
+    pairs = [("x264-params", "aq-mode=3"), ("tune", "film"), ("x264-params", "psy-rd=1.0,0.15"), ("tune", "film")]
+    assert merge_encoder_options(pairs) == {"x264-params": "aq-mode=3:psy-rd=1.0,0.15", "tune": "film"}
+    assert merge_encoder_options([("x265-params", ""), ("x265-params", "aq-mode=3")]) == {"x265-params": "aq-mode=3"}
+    with pytest.raises(UsageError, match="tune given twice"):
+        merge_encoder_options([("tune", "film"), ("tune", "grain")])
+
+
+def test_a_bad_value_in_a_second_params_option_is_still_caught(clip, tmp_path, tiny_model_dir, capfd):
+    out = tmp_path / "o.mp4"
+    argv = ["upscale", str(clip), str(out), "--model", str(tiny_model_dir), "--encoder-opt", "x264-params=aq-mode=3",
+            "--encoder-opt", "x264-params=asm=NOPE"]
+    code, err = run(argv, capfd)
+    assert_one_line(code, err, EXIT_CODEC, "asm")
+
+
 def test_encoder_option_without_a_key_is_a_usage_error(clip, tmp_path, capfd):
     code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--encoder-opt", "=1"], capfd)
     assert_one_line(code, err, EXIT_USAGE, "key=value")

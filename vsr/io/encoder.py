@@ -327,6 +327,26 @@ def open_encoder(fmt: StreamFormat, *, global_header: bool) -> av.VideoCodecCont
 _OPTION_REFUSED = re.compile(r"Error parsing option|Unknown option|Invalid value for|Error setting option")
 
 
+def merge_encoder_options(pairs: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """Repeated `--encoder-opt KEY=VALUE` pairs -> one dict, in the order given.
+
+    A `*-params` or `*opts` key (x264-params, x265-params, svtav1-params, x264opts: a
+    ':'-separated list of the encoder's own options) given again appends to it, so
+    `x264-params=aq-mode=3` and `x264-params=psy-rd=1.0,0.15` both reach x264 (FFmpeg's
+    dictionary would keep only the last); another key given twice with different values
+    is a UsageError (FFmpeg's command line would silently keep the last).
+    """
+    merged: dict[str, str] = {}
+    for key, value in pairs:
+        if key not in merged:
+            merged[key] = value
+        elif key.endswith(("-params", "opts")):
+            merged[key] = ":".join(filter(None, [merged[key], value]))
+        elif merged[key] != value:
+            raise UsageError(f"--encoder-opt {key} given twice ({key}={merged[key]}, {key}={value}): give it once")
+    return merged
+
+
 def check_encoder_opens(fmt: StreamFormat, given: tuple[tuple[str, str], ...] | None = None) -> None:
     """Open (and drop) an encoder with `fmt`, so refused options fail before any work.
 
