@@ -194,6 +194,8 @@ def test_encoder_option_nothing_reads_is_an_error_not_ignored(clip, tmp_path, ti
     ("x264-params=bogus=1", "bogus"),  # libx264 only logs "Error parsing option" and goes on
     ("x264-params=asm=NOPE", "asm"),  # ... and would have turned off all of x264's assembly
     ("threads=abc", "threads"),  # FFmpeg refuses it: the one line says which option, not only "Invalid argument"
+    ("tune=nonsense", "tune"),  # x264 prints its own refusal of a tune or profile before FFmpeg's log is read
+    ("profile=nonsense", "profile"),
 ])
 def test_encoder_option_with_a_value_the_encoder_cannot_parse_is_an_error(opt, named, clip, tmp_path, tiny_model_dir,
                                                                            capfd):
@@ -220,6 +222,16 @@ def test_a_bad_value_in_a_second_params_option_is_still_caught(clip, tmp_path, t
             "--encoder-opt", "x264-params=asm=NOPE"]
     code, err = run(argv, capfd)
     assert_one_line(code, err, EXIT_CODEC, "asm")
+
+
+def test_a_value_x265_refuses_is_one_line_naming_the_option(clip, tmp_path, tiny_model_dir, capfd):
+    """x265 prints "Aq-Mode is out of range" to stderr itself; the one line names what the
+    user gave, not the options vsr adds."""
+    out = tmp_path / "o.mkv"
+    code, err = run(["upscale", str(clip), str(out), "--model", str(tiny_model_dir), "--codec", "libx265",
+                     "--encoder-opt", "x265-params=aq-mode=9"], capfd)
+    assert_one_line(code, err, EXIT_CODEC, "x265-params=aq-mode=9")
+    assert "frame-threads" not in err[0] and list(tmp_path.iterdir()) == []
 
 
 def test_encoder_option_without_a_key_is_a_usage_error(clip, tmp_path, capfd):

@@ -4,6 +4,7 @@ Every check here fails before any work is done, with a `CodecError` naming what 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -18,7 +19,7 @@ import numpy as np
 
 from vsr.errors import CodecError, UsageError
 from vsr.frame import Frame
-from vsr.io.logs import captured_ffmpeg_logs
+from vsr.io.logs import captured_ffmpeg_logs, ffmpeg_logs_verbose
 from vsr.io.source import HDR10, MATRIX, Colour, has_alpha, reason
 
 
@@ -180,6 +181,10 @@ def check_crf(codec: str, crf: float | None) -> None:
 # x264/x265 check a preset name before FFmpeg's log callback is in place, so a bad one
 # prints its own line on stderr: catch it here instead (the lists are the same for both).
 X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
+# ... and x264 its tune and profile names (x264.h's x264_tune_names, x264_profile_names);
+# x265 refuses those through FFmpeg's log, which `check_encoder_opens` reads.
+X264_TUNES = ("film", "animation", "grain", "stillimage", "psnr", "ssim", "fastdecode", "zerolatency")
+X264_PROFILES = ("baseline", "main", "high", "high10", "high422", "high444")
 
 
 def check_encoder(settings: EncoderSettings) -> None:
@@ -189,6 +194,14 @@ def check_encoder(settings: EncoderSettings) -> None:
     preset = (settings.preset or "").lower()
     if settings.codec in ("libx264", "libx265") and preset and not (preset in X26X_PRESETS or preset.isdigit()):
         raise CodecError(f"{settings.codec} has no preset {settings.preset!r}: use --preset {', '.join(X26X_PRESETS)}")
+    if settings.codec == "libx264":
+        opts = dict(settings.options)
+        tune = opts.get("tune") or ""
+        if any(t not in X264_TUNES for t in re.split(r"[,./+-]", tune.lower()) if t):  # x264 splits tunes so
+            raise CodecError(f"libx264 has no tune {tune!r}: use tune= {', '.join(X264_TUNES)} (or two, joined by ',')")
+        profile = opts.get("profile") or ""
+        if profile and profile.lower() not in X264_PROFILES:
+            raise CodecError(f"libx264 has no profile {profile!r}: use profile= {', '.join(X264_PROFILES)}")
     formats = [f.name for f in (av.codec.Codec(settings.codec, "w").video_formats or ())]
     if formats and settings.pix_fmt not in formats:
         raise CodecError(f"{settings.codec} cannot encode {settings.pix_fmt}: use --pix-fmt {' or '.join(formats[:6])}")
@@ -360,19 +373,27 @@ def check_encoder_opens(fmt: StreamFormat, given: tuple[tuple[str, str], ...] | 
     the message (default: all of `fmt.settings.options`).
     """
     codec = fmt.settings.codec
-    mine = fmt.settings.options if given is None else given
-    given = "--encoder-opt " + " ".join(f"{k}={v}" for k, v in mine) if mine else "the options vsr sets"
+    mine = tuple(fmt.settings.options if given is None else given)
+
+    def named(pairs: tuple[tuple[str, str], ...]) -> str:
+        return "--encoder-opt " + " ".join(f"{k}={v}" for k, v in pairs) if pairs else "the options vsr sets"
+
+    check = fmt
+    if codec == "libx265" and not ffmpeg_logs_verbose():  # x265 prints its refusals to stderr itself
+        settings = dataclasses.replace(fmt.settings, options=(*fmt.settings.options, ("x265-params", "log-level=none")))
+        check = dataclasses.replace(fmt, settings=settings)
     try:
         with captured_ffmpeg_logs() as lines:
-            cc = open_encoder(fmt, global_header=False)
+            cc = open_encoder(check, global_header=False)
     except CodecError as exc:
-        said = [msg for _, _, msg in lines if _OPTION_REFUSED.search(msg)]
-        if not said:
-            raise
-        raise CodecError(f"{codec} refused {given}: {'; '.join(s.rstrip('.') for s in said)}") from exc
-    said = [msg for level, _, msg in lines if level <= av.logging.WARNING and _OPTION_REFUSED.search(msg)]
+        said = [msg.rstrip(".") for _, _, msg in lines if _OPTION_REFUSED.search(msg)]
+        why = "; ".join(said) if said else reason(exc.__cause__ or exc) + (
+            "" if ffmpeg_logs_verbose() else " (vsr --debug shows the encoder's own reason)")
+        raise CodecError(f"{codec} refused {named(mine)}: {why}") from exc
+    said = [msg.rstrip(".") for level, _, msg in lines if level <= av.logging.WARNING and _OPTION_REFUSED.search(msg)]
     if said:
-        raise CodecError(f"{codec} could not parse {given}: {'; '.join(s.rstrip('.') for s in said)}")
+        lists = tuple((k, v) for k, v in mine if k.endswith(("-params", "opts")))
+        raise CodecError(f"{codec} could not parse {named(lists or mine)}: {'; '.join(said)}")
     unused = sorted(set(dict(cc.options)) & {k for k, _ in fmt.settings.options})
     if unused:
         raise CodecError(f"{codec} has no option {', '.join(unused)} (given with --encoder-opt)")

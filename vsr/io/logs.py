@@ -27,6 +27,11 @@ def route_ffmpeg_logs(verbose: bool) -> None:
         os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 logs to stderr by itself; its level comes from the environment
 
 
+def ffmpeg_logs_verbose() -> bool:
+    """Whether `route_ffmpeg_logs` last let FFmpeg print its log (`vsr --debug`)."""
+    return _verbose
+
+
 @contextlib.contextmanager
 def captured_ffmpeg_logs() -> Iterator[list[tuple[int, str, str]]]:
     """FFmpeg's warnings and errors logged on this thread inside the block, as
