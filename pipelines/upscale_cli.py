@@ -21,14 +21,16 @@ from vsr.targets import PRESETS
 
 # ------------------------------------------------------------------------ command line
 def summary_line(result) -> str:
-    """The line `vsr upscale` prints when done. After a resume it says how many frames the
-    interrupted run had made: the seconds and frames/s are this run's alone."""
+    """The line `vsr upscale` prints when done. After a resume it says how many frames came
+    from the work folder: the seconds and frames/s are this run's alone (model loading
+    included)."""
     w, h = result.size
+    new = result.frames - result.resumed_frames
     done = f"{result.frames} frames"
     if result.resumed_frames:
-        done += (f" ({result.resumed_frames} from the interrupted run, {result.frames - result.resumed_frames}"
-                 " in this one)")
-    return f"wrote {result.output}: {done}, {w}x{h}, {result.seconds:.1f} s ({result.fps:.2f} frames/s)"
+        done += f" ({result.resumed_frames} resumed, {new} upscaled now)" if new else " (all resumed)"
+    rate = f" ({result.fps:.2f} frames/s)" if new else ""
+    return f"wrote {result.output}: {done}, {w}x{h}, {result.seconds:.1f} s{rate}"
 
 
 def _key_value(text: str) -> tuple[str, str]:

@@ -140,5 +140,6 @@ def test_the_summary_line_after_a_resume_says_which_frames_this_run_made():
     fresh = Result(Path("o.mp4"), 96, 0, 8.0, 12.0, (960, 540))
     assert summary_line(fresh) == "wrote o.mp4: 96 frames, 960x540, 8.0 s (12.00 frames/s)"
     resumed = Result(Path("o.mp4"), 96, 60, 4.0, 9.0, (960, 540))
-    assert summary_line(resumed) == ("wrote o.mp4: 96 frames (60 from the interrupted run, 36 in this one), "
-                                     "960x540, 4.0 s (9.00 frames/s)")
+    assert summary_line(resumed) == "wrote o.mp4: 96 frames (60 resumed, 36 upscaled now), 960x540, 4.0 s (9.00 frames/s)"
+    finished = Result(Path("o.mp4"), 96, 96, 3.9, 0.0, (960, 540))  # every segment was done: only assembled
+    assert summary_line(finished) == "wrote o.mp4: 96 frames (all resumed), 960x540, 3.9 s"
