@@ -89,7 +89,8 @@ def add_model_args(
     g.add_argument("--consistency", type=_consistency, metavar="N",
                    help="back-projection passes per step so the output downscales to the input, 0..10 (0 = off), or "
                         "auto (default): the count the model's noise predictor was calibrated with, 1 without one")
-    g.add_argument("--tile", type=int, help="tile size in pixels (default: the model's crop)")
+    g.add_argument("--tile", type=int,
+                   help="tile size in pixels, a multiple of the model's downsampling factor (default: the model's crop)")
     g.add_argument("--overlap", type=_overlap,
                    help="pixels neighbouring tiles share, at most half the tile (default auto: 32, or half a smaller tile)")
     g.add_argument("--batch", type=int, help="tiles per model call (memory)")
@@ -148,11 +149,11 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_config_from_args(args: argparse.Namespace) -> Any:
-    """EngineConfig from --config plus the command-line overrides (validated there)."""
+    """EngineConfig from --config with the command-line overrides applied before it is
+    validated. The options given are kept on `args` (`_cli_fields`) so that a refused
+    value is named as the option the user typed (`vsr.cli`), not as a config field."""
     from vsr.config import EngineConfig
-    from vsr.errors import ConfigError
 
-    base = EngineConfig.from_yaml(args.config) if args.config else EngineConfig()
     overrides = {
         "steps": args.steps,
         "noise_level": args.noise_level,
@@ -166,14 +167,8 @@ def engine_config_from_args(args: argparse.Namespace) -> Any:
         "device": args.device,
         "dtype": args.dtype,
     }
-    try:
-        return base.replace(**overrides)
-    except ConfigError as exc:  # name the option the user typed, not the config field behind it
-        if exc.field in overrides and overrides[exc.field] is not None:
-            flag = "--" + exc.field.replace("_", "-")
-            raise ConfigError(f"{flag} {overrides[exc.field]} is invalid: expected {exc.allowed}",
-                              field=exc.field, value=exc.value, allowed=exc.allowed) from None
-        raise
+    args._cli_fields = {k: v for k, v in overrides.items() if v is not None}
+    return EngineConfig.from_yaml(args.config, **overrides) if args.config else EngineConfig().replace(**overrides)
 
 
 def _runner(args: argparse.Namespace) -> Any:

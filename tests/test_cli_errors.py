@@ -64,6 +64,21 @@ def test_a_bad_option_value_names_the_option_and_a_bad_file_value_the_field(clip
     code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--config", str(bad)], capsys)
     assert_one_line(code, err, EXIT_USAGE, "config field 'batch' = 0")
     assert list(tmp_path.iterdir()) == [bad]
+    # an option overrides the file before anything is checked: the file's batch: 0 is not refused under --batch 4
+    code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--config", str(bad), "--batch", "4", "--steps",
+                     "0"], capsys)
+    assert_one_line(code, err, EXIT_USAGE, "--steps 0 is invalid")
+
+
+def test_a_value_refused_once_the_model_is_loaded_names_the_option(clip, tmp_path, tiny_model_dir, capsys):
+    code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--model", str(tiny_model_dir), "--tile", "35"],
+                    capsys)
+    assert_one_line(code, err, EXIT_USAGE, "--tile 35 is invalid", "a multiple of")
+    tiny = tmp_path / "c.yaml"
+    tiny.write_text("tile: 35\n")
+    code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--model", str(tiny_model_dir), "--config",
+                     str(tiny)], capsys)
+    assert_one_line(code, err, EXIT_USAGE, "config field 'tile' = 35")
 
 
 def test_debug_shows_the_traceback_and_keeps_the_exit_code(clip, tmp_path, capsys):

@@ -22,6 +22,7 @@ from vsr.errors import (
     EXIT_OK,
     EXIT_RESOURCES,
     EXIT_USAGE,
+    ConfigError,
     UsageError,
     VsrError,
 )
@@ -171,6 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _as_typed(exc: VsrError, args: argparse.Namespace | None) -> str:
+    """The error's message, naming the command-line option where a ConfigError refused a
+    value the user gave as one (`--tile 100 is invalid: ...`, not "config field 'tile'")."""
+    given = getattr(args, "_cli_fields", None) or {}
+    field = getattr(exc, "field", None)
+    if isinstance(exc, ConfigError) and field in given and exc.allowed:
+        return f"--{field.replace('_', '-')} {given[field]} is invalid: expected {exc.allowed}"
+    return str(exc)
+
+
 def _dispatch(argv: list[str], command: str | None, as_program: bool) -> int:
     """Run the command; a `VsrError` becomes its one line and exit code, a bug one line
     and exit 1 (the traceback with --debug)."""
@@ -179,6 +190,7 @@ def _dispatch(argv: list[str], command: str | None, as_program: bool) -> int:
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    args = None
     try:
         parser = build_parser(command if command in COMMANDS else None)
         args = parser.parse_args(argv)
@@ -194,7 +206,7 @@ def _dispatch(argv: list[str], command: str | None, as_program: bool) -> int:
     except VsrError as exc:
         if debug:  # the traceback too, but the exit code stays the error's (scripts test it)
             traceback.print_exc()
-        print(f"vsr: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"vsr: {_one_line(_as_typed(exc, args))}", file=sys.stderr)
         if as_program and exc.exit_code == EXIT_INTERRUPTED:
             _exit_interrupted()
         return exc.exit_code

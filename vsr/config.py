@@ -146,7 +146,7 @@ class EngineConfig:
             if not _is_int(self.overlap) or not 0 <= self.overlap <= 2048:
                 _fail("overlap", self.overlap, "'auto' or an integer in 0..2048 (32-64 is typical)")
             if self.tile is not None:
-                check_overlap(self.overlap, self.tile, "--tile")
+                check_overlap(self.overlap, self.tile, "tile")
         if not _is_int(self.batch) or not 1 <= self.batch <= 4096:
             _fail("batch", self.batch, "an integer in 1..4096 (tiles per model call)")
         if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
@@ -176,8 +176,19 @@ class EngineConfig:
         return cls(**d)
 
     @classmethod
-    def from_yaml(cls, path_or_preset: str | os.PathLike) -> "EngineConfig":
-        """A YAML file path, or a preset name (`configs/presets/<name>.yaml`)."""
+    def from_yaml(cls, path_or_preset: str | os.PathLike, **overrides: Any) -> "EngineConfig":
+        """A YAML file path, or a preset name (`configs/presets/<name>.yaml`); `overrides`
+        (None: keep the file's) replace the file's values before anything is validated, so
+        a command-line option overrides a file's value even where that value alone is
+        invalid (`overlap: 40` beside `tile: 64`, run with `--tile 256`)."""
+        data = cls.read_yaml(path_or_preset)
+        if isinstance(data, dict):
+            data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+        return cls.from_dict(data)
+
+    @staticmethod
+    def read_yaml(path_or_preset: str | os.PathLike) -> Any:
+        """The plain data of a config file or preset (ConfigError if unreadable)."""
         path = Path(path_or_preset)
         if not path.is_file():
             preset = configs_dir() / "presets" / f"{path_or_preset}.yaml"
@@ -193,7 +204,7 @@ class EngineConfig:
             raise ConfigError(f"cannot read config {path}: {exc}") from None
         if isinstance(data, dict) and "engine" in data and len(data) == 1:
             data = data["engine"]  # allow a file that nests the engine section
-        return cls.from_dict(data)
+        return data
 
     def replace(self, **overrides: Any) -> "EngineConfig":
         """A validated copy; None values mean "keep". Setting size clears scale and vice versa."""

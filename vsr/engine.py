@@ -132,10 +132,11 @@ class Upscaler:
         if tile % model.down_factor:
             raise ConfigError(
                 f"config field 'tile' = {tile} is invalid: expected a multiple of {model.down_factor} "
-                f"(the model's downsampling factor)"
+                f"(the model's downsampling factor)", field="tile", value=tile,
+                allowed=f"a multiple of {model.down_factor} (the model's downsampling factor)",
             )
         if self.config.overlap != "auto":
-            check_overlap(self.config.overlap, tile, "the model's crop" if self.config.tile is None else "--tile")
+            check_overlap(self.config.overlap, tile, "the model's crop" if self.config.tile is None else "tile")
 
     @property
     def overlap(self) -> int:
