@@ -70,6 +70,20 @@ __all__ = ["JOURNAL", "JOURNAL_VERSION", "QUEUE_SIZE", "EncodeOptions", "Result"
            "upscale_video"]
 
 
+# The command-line option behind each key of the journal's header (`vsr.jobs.journal.diff`
+# names it when a --resume is refused); a library caller passes the keyword of that name.
+HEADER_OPTIONS = {
+    "source": "IN (changed since the interrupted run)", "plan": "--target/--size/--scale/--fit",
+    "deinterlace": "--deinterlace", "encoder.codec": "--codec", "encoder.crf": "--crf", "encoder.preset": "--preset",
+    "encoder.pix_fmt": "--pix-fmt", "encoder.options": "--encoder-opt", "encoder": "--codec/--encoder-opt",
+    "engine.steps": "--steps", "engine.consistency": "--consistency", "engine.noise_level": "--noise-level",
+    "engine.timesteps": "--steps/--noise-level", "engine.tile": "--tile", "engine.overlap": "--overlap",
+    "engine.batch": "--batch", "engine.seed": "--seed", "engine.noise": "--noise",
+    "engine.noise_predictor": "--noise-predictor", "engine": "--model/--config", "segment_frames": "--segment-frames",
+    "span": "--start/--duration",
+}
+
+
 def upscale_video(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -198,7 +212,7 @@ def upscale_video(
             "runtime": runtime,
         }
         header = json.loads(json.dumps(header, default=str))  # tuples -> lists, as read back
-        state = open_journal(folder, header, resume=resume, overwrite=overwrite, lock=lock)
+        state = open_journal(folder, header, resume=resume, overwrite=overwrite, lock=lock, names=HEADER_OPTIONS)
     except BaseException:
         lock.abandon()  # a folder this run made goes with it: nothing was done
         raise

@@ -143,3 +143,19 @@ def test_the_summary_line_after_a_resume_says_which_frames_this_run_made():
     assert summary_line(resumed) == "wrote o.mp4: 96 frames (60 resumed, 36 upscaled now), 960x540, 4.0 s (9.00 frames/s)"
     finished = Result(Path("o.mp4"), 96, 96, 3.9, 0.0, (960, 540))  # every segment was done: only assembled
     assert summary_line(finished) == "wrote o.mp4: 96 frames (all resumed), 960x540, 3.9 s"
+
+
+def test_a_refused_resume_names_every_difference_and_the_option_behind_it():
+    from vsr.jobs.journal import diff
+    from vsr.pipelines.transcode import HEADER_OPTIONS
+
+    old = {"encoder": {"codec": "libx264", "options": []}, "engine": {"steps": 1, "consistency": 4}, "span": [0, 1]}
+    new = {"encoder": {"codec": "libx264", "options": [["tune", "film"]]}, "engine": {"steps": 1, "consistency": 1},
+           "span": [0, 1]}
+    assert diff(old, old, names=HEADER_OPTIONS) is None
+    assert diff(old, new) == "encoder.options: [] != [['tune', 'film']]; engine.consistency: 4 != 1"
+    assert diff(old, new, names=HEADER_OPTIONS) == (
+        "--encoder-opt (encoder.options: [] != [['tune', 'film']]); --consistency (engine.consistency: 4 != 1)")
+    # a key without an option of its own takes its section's
+    assert diff({"engine": {"model": "a"}}, {"engine": {"model": "b"}}, names=HEADER_OPTIONS) == (
+        "--model/--config (engine.model: 'a' != 'b')")

@@ -18,6 +18,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from vsr.errors import OutputError, UsageError
@@ -117,29 +118,37 @@ def interrupted_header(folder: Path) -> dict | None:
     return records[0].get("header") if records and isinstance(records[0].get("header"), dict) else None
 
 
-def diff(a: Any, b: Any, path: str = "") -> str | None:
+def diff(a: Any, b: Any, path: str = "", names: Mapping[str, str] | None = None) -> str | None:
     """Every key where two JSON-like values differ, as 'key: old != new', joined by '; '
-    (None when they are equal)."""
+    (None when they are equal). names: the option behind a key or a dotted prefix of it
+    ('encoder.options' -> '--encoder-opt'), put first: '--encoder-opt (encoder.options: ...)'."""
     if isinstance(a, dict) and isinstance(b, dict):
-        found = [d for k in sorted(set(a) | set(b)) if (d := diff(a.get(k), b.get(k), f"{path}.{k}" if path else k))]
+        found = [d for k in sorted(set(a) | set(b))
+                 if (d := diff(a.get(k), b.get(k), f"{path}.{k}" if path else k, names))]
         return "; ".join(found) or None
-    return None if a == b else f"{path}: {a!r} != {b!r}"
+    if a == b:
+        return None
+    parts = path.split(".")
+    option = next((names[p] for i in range(len(parts), 0, -1) if (p := ".".join(parts[:i])) in (names or {})), None)
+    return f"{option} ({path}: {a!r} != {b!r})" if option else f"{path}: {a!r} != {b!r}"
 
 
-def open_journal(folder: Path, header: dict, *, resume: bool, overwrite: bool, lock: WorkLock | None = None) -> Journal:
+def open_journal(folder: Path, header: dict, *, resume: bool, overwrite: bool, lock: WorkLock | None = None,
+                 names: Mapping[str, str] | None = None) -> Journal:
     """Take `folder` (`vsr.jobs.lock`: one process at a time, never a symlink) and start a
     fresh journal in it, or (with resume) load the interrupted one, keep the segments whose
     files are there with their sha256, remove every other file (a partial segment, say),
     and rewrite it with only those (atomically). UsageError if `header` differs from the
     interrupted run's; OutputError if another process runs this job, or if an interrupted
     run is there and neither resume nor overwrite is asked. lock: the folder already taken
-    with `lock_work_folder` (a job takes it before its slow set-up: loading the model)."""
+    with `lock_work_folder` (a job takes it before its slow set-up: loading the model).
+    names: the command-line option behind each header key, for the refusal (`diff`)."""
     journal = folder / JOURNAL
     own = lock is None  # a lock passed in is the caller's to release
     if lock is None:
         lock, _ = lock_work_folder(folder)
     try:
-        return _open_locked(lock, lock.created, journal, header, resume=resume, overwrite=overwrite)
+        return _open_locked(lock, lock.created, journal, header, resume=resume, overwrite=overwrite, names=names)
     except OSError as exc:
         if own:
             lock.release()
@@ -151,7 +160,7 @@ def open_journal(folder: Path, header: dict, *, resume: bool, overwrite: bool, l
 
 
 def _open_locked(lock: WorkLock, created: bool, journal: Path, header: dict, *, resume: bool,
-                 overwrite: bool) -> Journal:
+                 overwrite: bool, names: Mapping[str, str] | None = None) -> Journal:
     folder = lock.folder
     if not created and not resume and not overwrite:
         raise OutputError(
@@ -165,7 +174,7 @@ def _open_locked(lock: WorkLock, created: bool, journal: Path, header: dict, *, 
         if old != header:
             auto = "" if old.get("engine") == header.get("engine") else (
                 " (an 'auto' one resolves through the model card: pass the value it had)")
-            raise UsageError(f"--resume: {_difference(old, header)}; use the interrupted run's options{auto}, "
+            raise UsageError(f"--resume: {_difference(old, header, names)}; use the interrupted run's options{auto}, "
                              "or --overwrite to start over")
         segments: list[dict] = []
         done = False
@@ -206,11 +215,11 @@ def _remove_partial_files(folder: Path, staged: str) -> None:
             log.info("removed the partial file %s", entry.path)
 
 
-def _difference(old: dict, new: dict) -> str:
+def _difference(old: dict, new: dict, names: Mapping[str, str] | None = None) -> str:
     """Why a resume is refused, in one clause."""
     a, b = old.get("runtime"), new.get("runtime")
     if isinstance(a, dict) and isinstance(b, dict) and a != b:
         return (f"the interrupted run computed on {a.get('device')} in {a.get('dtype')} with torch {a.get('torch')}, "
                 f"this one would use {b.get('device')} in {b.get('dtype')} with torch {b.get('torch')} "
                 f"(one file never mixes precisions: pass --device {a.get('device')} --dtype {a.get('dtype')})")
-    return f"these options differ from the interrupted run's ({diff(old, new)})"
+    return f"these options differ from the interrupted run's ({diff(old, new, names=names)})"
