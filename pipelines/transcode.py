@@ -79,7 +79,8 @@ HEADER_OPTIONS = {
     "engine.steps": "--steps", "engine.consistency": "--consistency", "engine.noise_level": "--noise-level",
     "engine.timesteps": "--steps/--noise-level", "engine.tile": "--tile", "engine.overlap": "--overlap",
     "engine.batch": "--batch", "engine.seed": "--seed", "engine.noise": "--noise",
-    "engine.noise_predictor": "--noise-predictor", "engine": "--model/--config", "segment_frames": "--segment-frames",
+    "engine.noise_predictor": "--noise-predictor", "engine.model": "--model", "engine.size": "--target/--size/--scale",
+    "engine.scale": "--target/--size/--scale", "engine": "--model/--config", "segment_frames": "--segment-frames",
     "span": "--start/--duration",
 }
 

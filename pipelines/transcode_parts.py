@@ -116,7 +116,7 @@ class EncodeOptions:
 def _engine_record(upscaler: Any, height: int | None = None, width: int | None = None) -> Any:
     """What the journal records of the engine: its config, with what an `Upscaler` given
     height x width frames computes in place of the "auto" values (steps, back-projection passes, start
-    t/T, timesteps, whether a noise predictor ran), which a new model card or vsr version may change:
+    t/T, timesteps, whether a noise predictor ran, tile and overlap), which a new model card or vsr version may change:
     a resume then differs instead of mixing two calibrations in one file, and the same
     values given explicitly (`--consistency 4` for an auto that was 4) match."""
     cfg = getattr(upscaler, "config", None)
@@ -131,6 +131,11 @@ def _engine_record(upscaler: Any, height: int | None = None, width: int | None =
     if height and width and all(hasattr(upscaler, a) for a in ("scale_for", "timesteps_for", "noise_level_for",
                                                                 "consistency", "noise")):
         scale = upscaler.scale_for(height, width)
+        # device/dtype: the header's `runtime` holds what they resolved to; "auto" here would
+        # refuse the --device/--dtype that the runtime refusal asks for
+        record.pop("device", None)
+        record.pop("dtype", None)
+        record.update({"tile": int(upscaler.tile), "overlap": int(upscaler.overlap)})  # what None/"auto" became
         record.update({
             "steps": int(upscaler.steps), "consistency": int(upscaler.consistency),
             "noise_level": None if cfg.timesteps is not None else round(upscaler.noise_level_for(scale), 6),

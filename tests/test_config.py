@@ -68,3 +68,13 @@ def test_yaml_presets_and_files(tmp_path):
         EngineConfig.from_yaml(f)
     with pytest.raises(ConfigError, match="preset"):
         EngineConfig.from_yaml("no-such-preset")
+
+
+def test_steps_or_noise_level_given_over_a_preset_with_an_exact_timestep_set_replace_it():
+    """invsr3 pins timesteps (200, 100, 50); --steps 2 on top of it ran those three steps unseen."""
+    assert EngineConfig.from_yaml("invsr3").timesteps == (200, 100, 50)
+    assert EngineConfig.from_yaml("invsr3", steps=2).timesteps is None
+    assert EngineConfig.from_yaml("invsr3", noise_level=0.3).timesteps is None
+    assert EngineConfig.from_yaml("invsr3", batch=2).timesteps == (200, 100, 50)
+    pinned = EngineConfig.from_yaml("invsr3")
+    assert pinned.replace(steps=1).timesteps is None and pinned.replace(seed=3).timesteps == (200, 100, 50)

@@ -396,6 +396,10 @@ def test_journal_records_the_resolved_device_dtype_and_torch_and_a_mismatch_is_r
     journal.write_text("".join(journal_line(r) for r in records))
     proc = _run([*args, "--resume"])
     _assert_one_line(proc, EXIT_USAGE, "--resume", "bfloat16", "float32", "--dtype bfloat16")
+    # the advice can be followed: the engine's record holds no device/dtype of its own ("auto" or a
+    # typed value), only the runtime does
+    proc = _run([*args, "--resume", "--dtype", "bfloat16"])
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize("ext", ["mkv", "mp4"])
@@ -424,6 +428,8 @@ def test_journal_records_what_auto_resolved_to_and_a_new_calibration_is_refused(
     engine = records[0]["header"]["engine"]
     assert engine["consistency"] == 1 and engine["noise_predictor"] == "off"  # a model without a predictor
     assert engine["steps"] == 1 and engine["timesteps"] and all(isinstance(t, int) for t in engine["timesteps"])
+    # tile/overlap as used (an unset one resumes against its typed value); device/dtype only in "runtime"
+    assert engine["tile"] == 32 and engine["overlap"] == 8 and "device" not in engine and "dtype" not in engine
     # the interrupted run's card had the noise predictor calibrated with 4 passes
     engine["consistency"] = 4
     journal.write_text("".join(journal_line(r) for r in records))

@@ -39,6 +39,15 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
+def _overridden(data: dict, changes: dict) -> dict:
+    """`data` with `changes` on top; a new steps or noise_level also drops an exact
+    `timesteps` set (a preset's, `invsr3`), which would otherwise win over them unseen."""
+    out = {**data, **changes}
+    if ("steps" in changes or "noise_level" in changes) and "timesteps" not in changes:
+        out["timesteps"] = None
+    return out
+
+
 def _fail(name: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"config field '{name}' = {value!r} is invalid: expected {allowed}", field=name, value=value,
                       allowed=allowed)
@@ -183,7 +192,7 @@ class EngineConfig:
         invalid (`overlap: 40` beside `tile: 64`, run with `--tile 256`)."""
         data = cls.read_yaml(path_or_preset)
         if isinstance(data, dict):
-            data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+            data = _overridden(data, {k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(data)
 
     @staticmethod
@@ -212,7 +221,7 @@ class EngineConfig:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ConfigError(f"unknown config key(s) {', '.join(unknown)}: allowed keys are {', '.join(sorted(known))}")
-        changes = {k: v for k, v in overrides.items() if v is not None}
+        changes = _overridden({}, {k: v for k, v in overrides.items() if v is not None})
         if "size" in changes and "scale" not in changes:
             changes["scale"] = None
         if "scale" in changes and "size" not in changes:

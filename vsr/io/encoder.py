@@ -183,7 +183,7 @@ def check_crf(codec: str, crf: float | None) -> None:
 X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
 # ... and x264 its tune and profile names (x264.h's x264_tune_names, x264_profile_names);
 # x265 refuses those through FFmpeg's log, which `check_encoder_opens` reads.
-X264_TUNES = ("film", "animation", "grain", "stillimage", "psnr", "ssim", "fastdecode", "zerolatency")
+X264_TUNES = ("film", "animation", "grain", "stillimage", "psnr", "ssim", "fastdecode", "zerolatency")  # 6 psy ones
 X264_PROFILES = ("baseline", "main", "high", "high10", "high422", "high444")
 
 
@@ -197,8 +197,10 @@ def check_encoder(settings: EncoderSettings) -> None:
     if settings.codec == "libx264":
         opts = dict(settings.options)
         tune = opts.get("tune") or ""
-        if any(t not in X264_TUNES for t in re.split(r"[,./+-]", tune.lower()) if t):  # x264 splits tunes so
-            raise CodecError(f"libx264 has no tune {tune!r}: use tune= {', '.join(X264_TUNES)} (or two, joined by ',')")
+        names = [t for t in re.split(r"[,./+-]", tune.lower()) if t]  # x264 splits tunes so
+        if any(t not in X264_TUNES for t in names) or len([t for t in names if t in X264_TUNES[:6]]) > 1:
+            raise CodecError(f"libx264 cannot take tune {tune!r}: use tune= one of {', '.join(X264_TUNES[:6])}, "
+                             "and/or fastdecode, zerolatency (joined by ',')")
         profile = opts.get("profile") or ""
         if profile and profile.lower() not in X264_PROFILES:
             raise CodecError(f"libx264 has no profile {profile!r}: use profile= {', '.join(X264_PROFILES)}")
