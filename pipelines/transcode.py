@@ -114,7 +114,7 @@ def upscale_video(
     upscaler: an engine `Upscaler` (or anything with `.stream(frames)` and
     `.with_config(size=(w, h))`); None builds one from `model` and `config` (an
     `EngineConfig`, a dict, or None for the defaults). target/size/fit/scale: see
-    `vsr.targets.plan_output` (default 2x). deinterlace: "auto" (interlaced streams go
+    `vsr.targets.plan_output` (default: the engine config's size or scale, else 2x). deinterlace: "auto" (interlaced streams go
     through FFmpeg's bwdif, one frame per frame), "on" or "off". encode: `EncodeOptions` (or a dict of its
     fields; None: H.264 at crf 18, bit depth kept). progress: called from this thread after each
     frame is encoded with {"frames_done", "total" (an estimate, may be None), "fps", "eta_s",
@@ -138,6 +138,10 @@ def upscale_video(
     name = source.rsplit("/", 1)[-1] if io.is_url(source) else Path(source).name
     # 1. probe once; plan the output
     info = io.probe(source)
+    if target is None and size is None and scale is None:  # the engine config's own size/scale, when it has one
+        cfg = getattr(upscaler, "config", None) if upscaler is not None else config
+        get = cfg.get if isinstance(cfg, dict) else lambda key: getattr(cfg, key, None)
+        size, scale = get("size"), get("scale")
     if isinstance(size, str):
         size = parse_size(size)
     width, height = info.upright_size

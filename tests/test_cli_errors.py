@@ -87,6 +87,19 @@ def test_debug_shows_the_traceback_and_keeps_the_exit_code(clip, tmp_path, capsy
     assert code == EXIT_USAGE and "Traceback" in err and err.strip().splitlines()[-1].startswith("vsr: --steps 0")
 
 
+def test_a_config_files_scale_sets_the_output_size_unless_an_option_does(clip, tmp_path, tiny_model_dir, capsys):
+    import av
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("scale: 3\n")
+    for extra, factor in (([], 3), (["--scale", "1.5"], 1.5)):
+        out = tmp_path / f"o{factor}.mp4"
+        assert main(["upscale", str(clip), str(out), "--model", str(tiny_model_dir), "--config", str(cfg), "--quiet",
+                     *extra]) == 0
+        with av.open(str(clip)) as a, av.open(str(out)) as b:
+            assert b.streams.video[0].width == round(a.streams.video[0].width * factor)
+
+
 def test_multiline_yaml_error_is_one_line(clip, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("{steps: 2\n")
