@@ -113,7 +113,7 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
         "6 encoder refused, 7 out of memory, 130 interrupted (rerun with --resume). Reference: docs/cli.md"
     )
     parser.add_argument("input", metavar="IN", help="input video (any file FFmpeg reads); opened read-only")
-    parser.add_argument("output", metavar="OUT", help="output video; the container follows the extension (.mp4, .mkv, .mov)")
+    parser.add_argument("output", metavar="OUT", help="output video; the container follows the extension (.mp4, .mkv, .mov, .webm, .ts)")
     g = add_size_args(parser)
     g = parser.add_argument_group("encoder")
     g.add_argument("--codec", default="libx264", help="video encoder: libx264 (default), libx265, libsvtav1, libvpx-vp9, ...")

@@ -100,6 +100,16 @@ def test_a_config_files_scale_sets_the_output_size_unless_an_option_does(clip, t
             assert b.streams.video[0].width == round(a.streams.video[0].width * factor)
 
 
+def test_debug_after_the_command_and_a_mixed_engine_section_say_what_to_do(clip, tmp_path, capsys):
+    code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--debug"], capsys)
+    assert_one_line(code, err, EXIT_USAGE, "--debug goes before the command")
+    mixed = tmp_path / "c.yaml"
+    mixed.write_text("engine:\n  steps: 1\nbatch: 2\n")
+    code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--config", str(mixed)], capsys)
+    assert_one_line(code, err, EXIT_USAGE, "'engine:' section beside top-level keys (batch)")
+    assert list(tmp_path.iterdir()) == [mixed]
+
+
 def test_multiline_yaml_error_is_one_line(clip, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("{steps: 2\n")

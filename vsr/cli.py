@@ -33,6 +33,8 @@ class _Parser(argparse.ArgumentParser):
     of printing the usage block; subparsers inherit this class."""
 
     def error(self, message: str) -> NoReturn:
+        if "unrecognized arguments" in message and "--debug" in message.split(":", 1)[-1].split():
+            message += "; --debug goes before the command (vsr --debug upscale ...)"
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 

@@ -213,6 +213,9 @@ class EngineConfig:
             raise ConfigError(f"cannot read config {path}: {exc}") from None
         if isinstance(data, dict) and "engine" in data and len(data) == 1:
             data = data["engine"]  # allow a file that nests the engine section
+        elif isinstance(data, dict) and isinstance(data.get("engine"), dict):
+            raise ConfigError(f"config {path} has an 'engine:' section beside top-level keys "
+                              f"({', '.join(sorted(k for k in data if k != 'engine'))}): put them all under it, or none")
         return data
 
     def replace(self, **overrides: Any) -> "EngineConfig":

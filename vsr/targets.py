@@ -168,6 +168,6 @@ def plan_output(
     cw, ch = plan.crop[2:]
     if not allow_downscale and (sw * width < cw * dw * (1 - 1e-9) or sh < ch):
         raise UsageError(
-            f"output {ow}x{oh} would shrink the {width}x{height} input; vsr upscales: pick a larger --target/--size"
+            f"output {ow}x{oh} would shrink the {width}x{height} input; vsr upscales: pick a larger --target, --size or --scale"
         )
     return plan

@@ -262,11 +262,11 @@ def output_format(dst: str | os.PathLike) -> av.format.ContainerFormat:
     ext = Path(dst).suffix.lower().lstrip(".")
     names = {"mkv": "matroska", "mov": "mov", "mp4": "mp4", "m4v": "mp4", "webm": "webm", "ts": "mpegts"}
     if ext in _NO_TIMESTAMPS:
-        raise UsageError(f"vsr does not write .{ext} files ({_NO_TIMESTAMPS[ext]}): end OUT with .mkv, .mp4 or .mov")
+        raise UsageError(f"vsr does not write .{ext} files ({_NO_TIMESTAMPS[ext]}): end OUT with .mkv, .mp4, .mov, .webm or .ts")
     try:
         return av.format.ContainerFormat(names.get(ext, ext), "w")
     except Exception as exc:  # noqa: BLE001
-        raise UsageError(f"cannot tell the container format from {Path(dst).name!r}: end OUT with .mp4, .mkv or .mov") from exc
+        raise UsageError(f"cannot tell the container format from {Path(dst).name!r}: end OUT with .mp4, .mkv, .mov, .webm or .ts") from exc
 
 
 # MPEG-TS has no codec query in FFmpeg (PyAV's `supported_codecs` lists only its default
