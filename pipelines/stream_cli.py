@@ -148,6 +148,11 @@ def _run_cli(args: argparse.Namespace, stop: threading.Event, on_loaded: Callabl
         preset=args.preset, tune=None if args.tune in ("none", "") else args.tune, keyint=args.keyint,
         pix_fmt=args.pix_fmt, options=tuple(merge_encoder_options(args.encoder_opt).items()),
     )
+    given_tune = dict(encoding.options).get("tune")
+    if encoding.tune and given_tune is not None and given_tune != encoding.tune:
+        logging.getLogger(__name__).warning(
+            "--encoder-opt tune=%s replaces --tune %s%s", given_tune, encoding.tune,
+            " (the encoder may now hold frames back: more latency)" if encoding.tune == "zerolatency" else "")
     try:
         result = stream_video(
             args.input, args.output, model=args.model, config=engine_config_from_args(args), target=args.target,

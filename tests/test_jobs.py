@@ -158,4 +158,6 @@ def test_a_refused_resume_names_every_difference_and_the_option_behind_it():
         "--encoder-opt (encoder.options: [] != [['tune', 'film']]); --consistency (engine.consistency: 4 != 1)")
     # a key without an option of its own takes its section's
     assert diff({"engine": {"model": "a"}}, {"engine": {"model": "b"}}, names=HEADER_OPTIONS) == (
-        "--model/--config (engine.model: 'a' != 'b')")
+        "--model (engine.model: 'a' != 'b')")
+    assert diff({"engine": {"clip": 1}}, {"engine": {"clip": 2}}, names=HEADER_OPTIONS) == (
+        "--model/--config (engine.clip: 1 != 2)")

@@ -211,6 +211,14 @@ def test_an_encoder_option_x264_cannot_parse_is_refused_before_the_destination_o
     assert not (tmp_path / "out.ts").exists()
 
 
+def test_an_encoder_opt_tune_replacing_zerolatency_is_said(tmp_path, tiny_model_dir):
+    small = write_clip(tmp_path / "small.ts", width=W, height=H, frames=3, fps=FPS)
+    p = _vsr("stream", str(small), str(tmp_path / "out.ts"), "--model", str(tiny_model_dir), "--encoder-opt", "tune=film")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert "--encoder-opt tune=film replaces --tune zerolatency" in err and "latency" in err
+
+
 def test_the_container_follows_the_scheme_or_format():
     from vsr.errors import UsageError
     from vsr.io.live import live_format
