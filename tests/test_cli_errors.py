@@ -59,6 +59,8 @@ def test_upscale_infinite_scale_and_binary_config(clip, tmp_path, capsys):
 def test_a_bad_option_value_names_the_option_and_a_bad_file_value_the_field(clip, tmp_path, capsys):
     code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--steps", "0"], capsys)
     assert_one_line(code, err, EXIT_USAGE, "--steps 0 is invalid", "1..50")
+    code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--noise-level", "0"], capsys)
+    assert_one_line(code, err, EXIT_USAGE, "--noise-level 0 is invalid")
     bad = tmp_path / "bad.yaml"
     bad.write_text("batch: 0\n")
     code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--config", str(bad)], capsys)

@@ -180,7 +180,9 @@ def _as_typed(exc: VsrError, args: argparse.Namespace | None) -> str:
     given = getattr(args, "_cli_fields", None) or {}
     field = getattr(exc, "field", None)
     if isinstance(exc, ConfigError) and field in given and exc.allowed:
-        return f"--{field.replace('_', '-')} {given[field]} is invalid: expected {exc.allowed}"
+        value = given[field]
+        typed = f"{value:g}" if isinstance(value, float) else value  # 0, as typed, not 0.0
+        return f"--{field.replace('_', '-')} {typed} is invalid: expected {exc.allowed}"
     return str(exc)
 
 
