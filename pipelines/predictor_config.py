@@ -85,7 +85,9 @@ class PredictorTrainConfig(YamlConfig):
             raise ConfigError("steps_choices: a non-empty list of step counts >= 1")
         if self.prior_dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"prior_dtype: got {self.prior_dtype!r}, allowed: auto, float32, bfloat16")
-        m = self.pixel_unshuffle * (2 if self.deep_blocks else 1)
+        from vsr.models.noise_predictor import size_multiple
+
+        m = size_multiple(self.pixel_unshuffle, self.deep_blocks)
         if self.crop % m or self.val_crop % m or self.crop > self.pack_size:
             raise ConfigError(f"crop/val_crop must be multiples of {m} and crop <= pack_size")
         if self.batch_size < 1 or self.steps < 0:

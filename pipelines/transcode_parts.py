@@ -135,8 +135,8 @@ def _engine_record(upscaler: Any, height: int | None = None, width: int | None =
         # refuse the --device/--dtype that the runtime refusal asks for
         record.pop("device", None)
         record.pop("dtype", None)
-        record.update({"tile": int(upscaler.tile), "overlap": int(upscaler.overlap)})  # what None/"auto" became
         record.update({
+            "tile": int(upscaler.tile), "overlap": int(upscaler.overlap),  # what None/"auto" became
             "steps": int(upscaler.steps), "consistency": int(upscaler.consistency),
             "noise_level": None if cfg.timesteps is not None else round(upscaler.noise_level_for(scale), 6),
             "timesteps": [int(t) for t in upscaler.timesteps_for(scale)],

@@ -25,6 +25,16 @@ def assert_one_line(code: int, err: list[str], expected: int, *words: str) -> No
         assert w in err[0], err
 
 
+def refused_config(clip, tmp_path, capsys, text: str, *words: str, extra: tuple = ()) -> None:
+    """A --config file holding `text` is refused in one line (exit 2) naming `words`, and
+    nothing is left beside it."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--config", str(cfg), *extra], capsys)
+    assert_one_line(code, err, EXIT_USAGE, *words)
+    assert list(tmp_path.iterdir()) == [cfg]
+
+
 @pytest.fixture(autouse=True)
 def _ffmpeg_default_logging():
     """`vsr upscale` routes FFmpeg's log through PyAV's Python callback; give FFmpeg its
@@ -61,26 +71,16 @@ def test_a_bad_option_value_names_the_option_and_a_bad_file_value_the_field(clip
     assert_one_line(code, err, EXIT_USAGE, "--steps 0 is invalid", "1..50")
     code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--noise-level", "0"], capsys)
     assert_one_line(code, err, EXIT_USAGE, "--noise-level 0 is invalid")
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("batch: 0\n")
-    code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--config", str(bad)], capsys)
-    assert_one_line(code, err, EXIT_USAGE, "config field 'batch' = 0")
-    assert list(tmp_path.iterdir()) == [bad]
+    refused_config(clip, tmp_path, capsys, "batch: 0\n", "config field 'batch' = 0")
     # an option overrides the file before anything is checked: the file's batch: 0 is not refused under --batch 4
-    code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--config", str(bad), "--batch", "4", "--steps",
-                     "0"], capsys)
-    assert_one_line(code, err, EXIT_USAGE, "--steps 0 is invalid")
+    refused_config(clip, tmp_path, capsys, "batch: 0\n", "--steps 0 is invalid", extra=("--batch", "4", "--steps", "0"))
 
 
 def test_a_value_refused_once_the_model_is_loaded_names_the_option(clip, tmp_path, tiny_model_dir, capsys):
     code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--model", str(tiny_model_dir), "--tile", "35"],
                     capsys)
     assert_one_line(code, err, EXIT_USAGE, "--tile 35 is invalid", "a multiple of")
-    tiny = tmp_path / "c.yaml"
-    tiny.write_text("tile: 35\n")
-    code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--model", str(tiny_model_dir), "--config",
-                     str(tiny)], capsys)
-    assert_one_line(code, err, EXIT_USAGE, "config field 'tile' = 35")
+    refused_config(clip, tmp_path, capsys, "tile: 35\n", "config field 'tile' = 35", extra=("--model", str(tiny_model_dir)))
 
 
 def test_debug_shows_the_traceback_and_keeps_the_exit_code(clip, tmp_path, capsys):
@@ -105,18 +105,12 @@ def test_a_config_files_scale_sets_the_output_size_unless_an_option_does(clip, t
 def test_debug_after_the_command_and_a_mixed_engine_section_say_what_to_do(clip, tmp_path, capsys):
     code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--debug"], capsys)
     assert_one_line(code, err, EXIT_USAGE, "--debug goes before the command")
-    mixed = tmp_path / "c.yaml"
-    mixed.write_text("engine:\n  steps: 1\nbatch: 2\n")
-    code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--config", str(mixed)], capsys)
-    assert_one_line(code, err, EXIT_USAGE, "'engine:' section beside top-level keys (batch)")
-    assert list(tmp_path.iterdir()) == [mixed]
+    refused_config(clip, tmp_path, capsys, "engine:\n  steps: 1\nbatch: 2\n",
+                   "'engine:' section beside top-level keys (batch)")
 
 
 def test_multiline_yaml_error_is_one_line(clip, tmp_path, capsys):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("{steps: 2\n")
-    code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--config", str(bad)], capsys)
-    assert_one_line(code, err, EXIT_USAGE, "cannot read config")
+    refused_config(clip, tmp_path, capsys, "{steps: 2\n", "cannot read config")
 
 
 def test_eval_bad_options(clip, tmp_path, capsys):

@@ -49,11 +49,17 @@ def _overridden(data: dict, changes: dict) -> dict:
 
 
 def _fail(name: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"config field '{name}' = {value!r} is invalid: expected {allowed}", field=name, value=value,
-                      allowed=allowed)
+    raise ConfigError(f"config field '{name}' = {value!r} is invalid: expected {allowed}", field=name, allowed=allowed)
 
 
 OVERLAP_AUTO = 32  # overlap "auto": this many pixels, at most half the tile (a small-crop model)
+
+
+def check_tile_multiple(tile: int, factor: int) -> None:
+    """ConfigError when `tile` is not a multiple of the model's downsampling `factor`
+    (checked when the engine loads the model)."""
+    if tile % factor:
+        _fail("tile", tile, f"a multiple of {factor} (the model's downsampling factor)")
 
 
 def check_overlap(overlap: int, tile: int, whose: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vsr.config import OVERLAP_AUTO, EngineConfig, check_overlap
+from vsr.config import OVERLAP_AUTO, EngineConfig, check_overlap, check_tile_multiple
 from vsr.errors import ConfigError, InputError, ResourceError
 from vsr.frame import Frame
 from vsr.core.resample import resize
@@ -129,12 +129,7 @@ class Upscaler:
 
     def _check_tile(self, model: LoadedModel) -> None:
         tile = self.config.tile or model.card.crop
-        if tile % model.down_factor:
-            raise ConfigError(
-                f"config field 'tile' = {tile} is invalid: expected a multiple of {model.down_factor} "
-                f"(the model's downsampling factor)", field="tile", value=tile,
-                allowed=f"a multiple of {model.down_factor} (the model's downsampling factor)",
-            )
+        check_tile_multiple(tile, model.down_factor)
         if self.config.overlap != "auto":
             check_overlap(self.config.overlap, tile, "the model's crop" if self.config.tile is None else "tile")
 

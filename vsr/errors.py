@@ -36,13 +36,13 @@ class UsageError(VsrError):
 
 class ConfigError(UsageError):
     """A config field has a bad value or an unknown key; the message names the field.
-    field/value/allowed: set where one field's value was refused, so a caller that took
-    it from a command-line option can name the option instead (`--steps 0`)."""
+    field/allowed: set where one field's value was refused, so a caller that took it from
+    a command-line option can name the option instead (`--steps 0`)."""
 
     def __init__(self, message: str, exit_code: int | None = None, *, field: str | None = None,
-                 value: object = None, allowed: str | None = None):
+                 allowed: str | None = None):
         super().__init__(message, exit_code)
-        self.field, self.value, self.allowed = field, value, allowed
+        self.field, self.allowed = field, allowed
 
 
 class InputError(VsrError):

@@ -30,6 +30,15 @@ def _decimal_master_display(x265: str) -> str:
     scale = {"L": 10000}
     return "".join(f"{k}({int(a) / scale.get(k, 50000):g},{int(b) / scale.get(k, 50000):g})" for k, a, b in parts)
 
+# Options that are ':'-separated lists of the encoder's own options (x264-params,
+# x265-params, svtav1-params, x264opts): given again, they append.
+PARAM_LISTS = ("-params", "opts")
+
+
+def _joined(first: str, more: str) -> str:
+    return ":".join(filter(None, [first, more]))
+
+
 @dataclass(frozen=True)
 class EncoderSettings:
     """How the video is encoded. options: extra codec options (`--encoder-opt k=v`),
@@ -70,10 +79,7 @@ class EncoderSettings:
             opts["x265-params"] = ":".join(filter(None, ["log-level=error", opts.get("x265-params")]))
         opts.update(_deterministic_threads(self.codec, opts))
         for k, v in self.options:
-            if k in opts and k.endswith("-params"):
-                opts[k] = f"{opts[k]}:{v}"
-            else:
-                opts[k] = v
+            opts[k] = _joined(opts[k], v) if k in opts and k.endswith(PARAM_LISTS) else v
         return opts
 
 
@@ -355,8 +361,8 @@ def merge_encoder_options(pairs: list[tuple[str, str]] | tuple[tuple[str, str], 
     for key, value in pairs:
         if key not in merged:
             merged[key] = value
-        elif key.endswith(("-params", "opts")):
-            merged[key] = ":".join(filter(None, [merged[key], value]))
+        elif key.endswith(PARAM_LISTS):
+            merged[key] = _joined(merged[key], value)
         elif merged[key] != value:
             raise UsageError(f"--encoder-opt {key} given twice ({key}={merged[key]}, {key}={value}): give it once")
     return merged
@@ -394,7 +400,7 @@ def check_encoder_opens(fmt: StreamFormat, given: tuple[tuple[str, str], ...] | 
         raise CodecError(f"{codec} refused {named(mine)}: {why}") from exc
     said = [msg.rstrip(".") for level, _, msg in lines if level <= av.logging.WARNING and _OPTION_REFUSED.search(msg)]
     if said:
-        lists = tuple((k, v) for k, v in mine if k.endswith(("-params", "opts")))
+        lists = tuple((k, v) for k, v in mine if k.endswith(PARAM_LISTS))
         raise CodecError(f"{codec} could not parse {named(lists or mine)}: {'; '.join(said)}")
     unused = sorted(set(dict(cc.options)) & {k for k, _ in fmt.settings.options})
     if unused:

@@ -70,6 +70,12 @@ def timestep_features(t: torch.Tensor, num_train_timesteps: int, dim: int) -> to
     return torch.cat([ang.sin(), ang.cos()], dim=1)
 
 
+def size_multiple(pixel_unshuffle: int, deep_blocks: int) -> int:
+    """What H and W of a NoisePredictor's input must be multiples of: pixel_unshuffle,
+    twice it with a coarse branch."""
+    return int(pixel_unshuffle) * (2 if deep_blocks else 1)
+
+
 class _ResBlock(torch.nn.Module):
     def __init__(self, channels: int, emb_dim: int):
         super().__init__()
@@ -128,9 +134,8 @@ class NoisePredictor(ModelMixin, ConfigMixin):
 
     @property
     def size_multiple(self) -> int:
-        """H and W of an input must be multiples of this: pixel_unshuffle, twice it with a
-        coarse branch."""
-        return int(self.config.pixel_unshuffle) * (2 if self.config.deep_blocks else 1)
+        """H and W of an input must be multiples of this (`size_multiple`)."""
+        return size_multiple(self.config.pixel_unshuffle, self.config.deep_blocks)
 
     def _timesteps(self, t: int | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
         t = torch.as_tensor(t, device=device).long().reshape(-1)
