@@ -26,6 +26,9 @@ class PredictorTrainConfig(YamlConfig):
     pack_size: int = 160
     pack_max_downscale: float = 2.0
     pack_seed: int | None = None  # the packing's random stream (None: `seed`)
+    # batches made in this many worker processes (0: in the training process, from the run's
+    # one generator); with workers, batch k is drawn from its own generator seeded by (seed, k)
+    data_workers: int = 0
     # model
     channels: int = 64
     num_blocks: int = 4
@@ -90,6 +93,8 @@ class PredictorTrainConfig(YamlConfig):
         m = size_multiple(self.pixel_unshuffle, self.deep_blocks)
         if self.crop % m or self.val_crop % m or self.crop > self.pack_size:
             raise ConfigError(f"crop/val_crop must be multiples of {m} and crop <= pack_size")
+        if self.data_workers < 0:
+            raise ConfigError(f"data_workers: got {self.data_workers}, need >= 0")
         if self.batch_size < 1 or self.steps < 0:
             raise ConfigError("batch_size must be >= 1 and steps >= 0")
 

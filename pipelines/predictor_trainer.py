@@ -230,11 +230,12 @@ class PredictorTrainer:
         out = diffsr.upscale(self.denoiser, low, up, eps, ts, self.alphas_cumprod, consistency=self.cfg.consistency)
         return detail_loss(out, hr, self.cfg)
 
-    def train_step(self) -> dict:
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+        """One optimiser step on `batch` (hr, low), or on one drawn from the run's generator."""
         lr = _lr_at(self.step, self.cfg)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        hr, low = make_batch(self.crops, self.cfg, self.gen)
+        hr, low = batch if batch is not None else make_batch(self.crops, self.cfg, self.gen)
         t = int(torch.randint(self.cfg.t_min, self.cfg.t_max + 1, (1,), generator=self.gen))
         steps = self.cfg.steps_choices[int(torch.randint(len(self.cfg.steps_choices), (1,), generator=self.gen))]
         self.net.train()

@@ -44,15 +44,19 @@ from vsr.errors import InputError, UsageError
 from .predictor_config import PredictorTrainConfig, build_predictor
 from .prior_model import add_training_args, run_training
 from .predictor_data import (  # noqa: F401 - re-exported: their old home
+    StepBatches,
     _uniform,
+    crops_from_pack,
     degrade,
     gaussian_blur,
     h264_roundtrip,
+    jpeg_pack,
     jpeg_roundtrip,
     load_or_pack_crops,
     lr_size,
     make_batch,
     pack_crops,
+    step_batches,
 )
 from .predictor_trainer import (  # noqa: F401 - re-exported: their old home
     PredictorTrainer,
@@ -116,9 +120,10 @@ def train(
     bar = tqdm(total=cfg.steps, initial=trainer.step, disable=not progress, desc="train predictor", unit="step")
     started = last_ckpt = t_last = time.time()
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
+    batches = step_batches(trainer.crops, cfg, trainer.step, end) if cfg.data_workers else None
     try:
         while trainer.step < end:
-            info = trainer.train_step()
+            info = trainer.train_step(next(batches) if batches is not None else None)
             now = time.time()
             trainer.wall_s += now - t_last
             bar.update(1)
@@ -253,9 +258,13 @@ def export(
 
 
 def add_cli(sub) -> None:
-    """Add `predictor` and `predictor-export` to `vsr train`'s subparsers."""
+    """Add `predictor`, `predictor-export` and `predictor-pack` to `vsr train`'s subparsers."""
     p = sub.add_parser("predictor", help="train (or resume) a prior's noise predictor (InvSR)")
     add_training_args(p, "a YAML file of PredictorTrainConfig fields (configs/predictor/*.yaml)")
+    k = sub.add_parser("predictor-pack", help="write a run's training crops as JPEGs, to travel to a GPU machine")
+    k.add_argument("--config", required=True, help="the run's YAML (its crops are packed first if need be)")
+    k.add_argument("--out", required=True, help="the .npz to write; give it to the run as crops_file")
+    k.add_argument("--quality", type=int, default=98, choices=range(50, 101), metavar="Q", help="JPEG quality (default 98)")
     e = sub.add_parser("predictor-export", help="write a model folder: the prior plus the predictor's EMA weights")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--out", required=True)
@@ -273,7 +282,23 @@ def add_cli(sub) -> None:
                         "(default: the run's consistency)")
 
 
+def pack_for_travel(config: str | Path, out: str | Path, quality: int = 98) -> str:
+    """Write the crops of the run `config` describes as a `jpeg_pack` .npz at `out`
+    (atomically); returns a one-line summary."""
+    cfg = PredictorTrainConfig.from_yaml(config)
+    crops = load_or_pack_crops(cfg)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.stem + ".tmp.npz")
+    np.savez(tmp, **jpeg_pack(crops, quality))
+    tmp.replace(out)
+    return f"wrote {out}: {len(crops)} crops, {out.stat().st_size / 2**20:.1f} MiB (JPEG q{quality}, 4:4:4)"
+
+
 def run_cli(args) -> int:
+    if args.train_command == "predictor-pack":
+        print(pack_for_travel(args.config, args.out, args.quality))
+        return 0
     if args.train_command == "predictor-export":
         if not Path(args.checkpoint).exists():
             raise InputError(f"checkpoint not found: {args.checkpoint}")

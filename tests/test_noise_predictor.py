@@ -15,10 +15,12 @@ import yaml
 
 from vsr.pipelines import train_noise_predictor as tnp
 from vsr.core.schedule import add_noise
-from vsr.errors import ModelError
+from vsr.errors import ConfigError, ModelError
 from vsr.models.noise_predictor import SUBFOLDER, NoisePredictor, count_macs
 from vsr.noise import NoiseContext, SharedNoise
 from vsr.noise.predicted import PredictedNoise, load_noise_predictor
+
+from tests.conftest import TEST_DEVICE
 
 
 def tiny_predictor(seed: int = 0, beta_schedule: str = "squaredcos_cap_v2", deep_blocks: int = 0) -> NoisePredictor:
@@ -307,6 +309,52 @@ def test_training_resumes_bit_for_bit(tmp_path):
     )
 
 
+def test_batches_made_by_workers_resume_bit_for_bit_whatever_their_number(tmp_path):
+    """data_workers > 0: batch k is a function of (seed, k), so one worker or two and a
+    resumed run train on the same batches (what a GPU run needs: the CPU makes the data)."""
+    crops, prior = textured_crops(), tiny_prior()
+    kw = dict(progress=False, prior=prior, crops=crops)
+    one = tnp.train(tiny_cfg(tmp_path / "a", data_workers=1), **kw)
+    tnp.train(tiny_cfg(tmp_path / "b", data_workers=2), stop_at=2, **kw)
+    resumed = tnp.train(tiny_cfg(tmp_path / "b", data_workers=2), resume=True, **kw)
+    assert resumed.step == one.step == 4
+    assert torch.equal(_params(one), _params(resumed))
+    # the batches differ from step to step (the stream is not one seed over again)
+    cfg = tiny_cfg(tmp_path / "c")
+    b0, b1 = tnp.StepBatches(crops, cfg)[0], tnp.StepBatches(crops, cfg)[1]
+    assert not torch.equal(b0[0], b1[0])
+    assert torch.equal(b0[1], tnp.StepBatches(crops, cfg)[0][1])
+    in_process = tnp.train(tiny_cfg(tmp_path / "d"), **kw)  # 0 workers: the run's one generator, as before
+    assert not torch.equal(_params(in_process), _params(one))
+    with pytest.raises(ConfigError, match="data_workers"):
+        tiny_cfg(tmp_path / "e", data_workers=-1)
+
+
+def test_the_travel_pack_decodes_to_the_crops_within_jpeg_error(tmp_path, capsys):
+    from vsr.cli import main
+
+    crops = textured_crops(n=5)
+    pack = tnp.jpeg_pack(crops, quality=98)
+    np.savez(tmp_path / "pack.npz", **pack)
+    with np.load(tmp_path / "pack.npz") as z:
+        back = tnp.crops_from_pack(z)
+    assert back.shape == crops.shape and back.dtype == np.uint8
+    err = back.astype(float) - crops
+    assert 40 < 10 * np.log10(255**2 / np.mean(err**2)) < 60  # q98 4:4:4: about 48 dB, not bit-exact
+    # a run given the pack as crops_file trains on it
+    cfg = tiny_cfg(tmp_path / "run", crops_file=str(tmp_path / "pack.npz"))
+    assert np.array_equal(tnp.load_or_pack_crops(cfg), back)
+    # the CLI packs a run's crops.npz
+    run = tmp_path / "src"
+    run.mkdir()
+    np.savez_compressed(run / "crops.npz", crops=crops)
+    (tmp_path / "src.yaml").write_text(yaml.safe_dump(tiny_cfg(run).to_dict()))
+    assert main(["train", "predictor-pack", "--config", str(tmp_path / "src.yaml"), "--out", str(tmp_path / "o.npz")]) == 0
+    assert "5 crops" in capsys.readouterr().out
+    with np.load(tmp_path / "o.npz") as z:
+        assert np.array_equal(tnp.crops_from_pack(z), back)
+
+
 def test_a_warm_start_begins_from_the_other_runs_ema_weights_with_a_fresh_optimiser(tmp_path):
     crops, prior = textured_crops(), tiny_prior()
     kw = dict(progress=False, prior=prior, crops=crops)
@@ -418,7 +466,7 @@ def test_engine_with_a_predictor_on_the_shipped_prior_is_batch_independent():
     net = NoisePredictor(channels=8, num_blocks=1, emb_dim=8)
     torch.manual_seed(0)
     torch.nn.init.normal_(net.tail.weight, std=0.01)
-    cfg = EngineConfig().replace(scale=2, steps=2, device="cpu", dtype="float32")
+    cfg = EngineConfig().replace(scale=2, steps=2, device=TEST_DEVICE, dtype="float32")
     up = Upscaler(model, cfg, noise=PredictedNoise(net, scales=[2, 4], levels=[0.02, 0.05]))
     g = torch.Generator().manual_seed(0)
     frames = torch.rand(2, 3, 40, 56, generator=g)
@@ -430,7 +478,7 @@ def test_engine_with_a_predictor_on_the_shipped_prior_is_batch_independent():
     # its default 2 steps in half the model calls
     shipped = load_noise_predictor(model)
     assert shipped is not None and shipped.calibrated_steps() == 1 and shipped.calibrated_consistency() == 4
-    default = Upscaler.from_pretrained(None, scale=2, device="cpu")
+    default = Upscaler.from_pretrained(None, scale=2, device=TEST_DEVICE)
     plain = default.with_config(noise_predictor="off")
     assert isinstance(default.noise, PredictedNoise) and isinstance(plain.noise, SharedNoise)
     assert len(default.timesteps_for(2.0)) == 1 and len(plain.timesteps_for(2.0)) == 2
