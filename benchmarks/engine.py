@@ -1,9 +1,10 @@
-"""Engine speed on the CPU (`python -m benchmarks.engine`).
+"""Engine speed on the CPU or a GPU (`python -m benchmarks.engine [--device cuda]`).
 
-Prints, for the shipped prior (or --model): ms per tile in fp32 and bf16, tiles per
-1080p frame, seconds per 1080p frame (960x540 -> 1920x1080) at 1/2/4 steps, and the share
-of that time spent outside the model (resize, noise, tiling, blending, conversions; the
-goal is under 10%). `--stand-in` measures a randomly initialised UNet of the prior's
+Prints, for the shipped prior (or --model): ms per tile in fp32 and bf16 (and fp16 on a
+GPU) for each --batch (tiles of several frames in one batch), tiles per 1080p frame,
+seconds per 1080p frame (960x540 -> 1920x1080) at 1/2/4 steps, and the share of that time
+spent outside the model (resize, noise, tiling, blending, conversions; the goal is under
+10%). On CUDA every timing ends with a synchronisation, so it counts the kernels' time. `--stand-in` measures a randomly initialised UNet of the prior's
 architecture (configs/prior/vsr-prior-s.yaml) when the trained weights are not there:
 same cost, meaningless pictures.
 """
@@ -36,10 +37,17 @@ class TimedNet(torch.nn.Module):
         self.seconds = 0.0
 
     def forward(self, x, t):
+        _sync(x.device)
         t0 = time.perf_counter()
         out = self.net(x, t).sample
+        _sync(x.device)
         self.seconds += time.perf_counter() - t0
         return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def stand_in_folder(tmp: Path) -> Path:
@@ -58,12 +66,14 @@ def stand_in_folder(tmp: Path) -> Path:
 def ms_per_tile(up: Upscaler, dtype: str, batch: int, repeats: int) -> tuple[float, float]:
     """(wall ms, CPU ms) per tile; CPU time is steadier than wall time on a shared machine."""
     den = up.with_config(dtype=dtype).denoiser()
-    x = torch.rand(batch, 3, up.tile, up.tile) * 2 - 1
+    x = (torch.rand(batch, 3, up.tile, up.tile) * 2 - 1).to(den.device)
     with torch.inference_mode():
-        den(x, 200)  # warm-up (oneDNN picks its kernels)
+        den(x, 200)  # warm-up (oneDNN or cuDNN picks its kernels)
+        _sync(den.device)
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(repeats):
             den(x, 200)
+        _sync(den.device)
     n = repeats * batch
     return (time.perf_counter() - t0) / n * 1000, (time.process_time() - c0) / n * 1000
 
@@ -80,6 +90,7 @@ def frame_seconds(
     try:
         t0, c0 = time.perf_counter(), time.process_time()
         u(frame)
+        _sync(den.device)
         total, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         den.net = timed.net
@@ -90,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="model folder or name (default: the shipped prior)")
     p.add_argument("--stand-in", action="store_true", help="random weights of the prior's architecture")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, nargs="+", default=[8], help="tiles per batch (the first one for the frames)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -100,17 +112,21 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     with tempfile.TemporaryDirectory() as tmp:
         model = str(stand_in_folder(Path(tmp))) if args.stand_in else args.model
-        up = Upscaler.from_pretrained(model, config=EngineConfig(batch=args.batch, device="cpu"))
+        up = Upscaler.from_pretrained(model, config=EngineConfig(batch=args.batch[0], device=args.device))
         n_params = sum(p.numel() for p in up.model.net.parameters())
         print(f"model: {up.model.card.name} ({n_params / 1e6:.1f}M params, tile {up.tile}, "
               f"pixel_unshuffle {up.model.card.pixel_unshuffle}){' [stand-in: random weights]' if args.stand_in else ''}")
         print(f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (load average {load:.1f}), "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 native: {cpu_supports_bf16()}")
         auto = up.denoiser().dtype
-        print(f"auto dtype on this CPU: {auto}")
-        for dt in ("float32", "bfloat16"):
-            wall, cpu = ms_per_tile(up, dt, args.batch, args.repeats)
-            print(f"ms per {up.tile}x{up.tile} tile, {dt:>8}: {wall:8.1f} wall, {cpu:8.1f} CPU")
+        cuda = up.denoiser().device.type == "cuda"
+        if cuda:
+            print(f"gpu: {torch.cuda.get_device_name(up.denoiser().device)}")
+        print(f"auto dtype on this {'GPU' if cuda else 'CPU'}: {auto}")
+        for dt in ("float32", "bfloat16", "float16") if cuda else ("float32", "bfloat16"):
+            for batch in args.batch:
+                wall, cpu = ms_per_tile(up, dt, batch, args.repeats)
+                print(f"ms per {up.tile}x{up.tile} tile, {dt:>8}, batch {batch:4d}: {wall:8.2f} wall, {cpu:8.2f} CPU")
         tiles = up.tiles_per_frame(1080, 1920)
         print(f"tiles per 1080p frame (overlap {up.overlap}): {tiles}")
         frame = (np.random.default_rng(0).random((540, 960, 3)) * 255).astype(np.uint8)

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny real diffusers models saved in vsr's model-folder layout."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,10 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-eps")
 
 
-TINY_ENGINE = {"steps": 1, "tile": 32, "overlap": 8, "batch": 8, "device": "cpu"}
+# The device the engine tests run the engine on: the CPU (CI), or `VSR_TEST_DEVICE=cuda` on a
+# GPU machine, to run the same tests once there.
+TEST_DEVICE = os.environ.get("VSR_TEST_DEVICE", "cpu")
+TINY_ENGINE = {"steps": 1, "tile": 32, "overlap": 8, "batch": 8, "device": TEST_DEVICE}
 
 
 @pytest.fixture(scope="module")

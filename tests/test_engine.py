@@ -20,6 +20,8 @@ from vsr.errors import ConfigError, InputError
 from vsr.frame import Frame
 from vsr.models import LoadedModel, ModelCard
 
+from tests.conftest import TEST_DEVICE
+
 AC = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod.double()
 
 
@@ -74,7 +76,7 @@ def engine(up) -> Upscaler:
 
 def _in_memory(net, prediction_type, noise=None, **config) -> Upscaler:
     model = LoadedModel(net, ModelCard(name="mem", crop=32), AC, prediction_type)
-    config = {"scale": 2.0, "tile": 32, "overlap": 8, "device": "cpu", "dtype": "float32", **config}
+    config = {"scale": 2.0, "tile": 32, "overlap": 8, "device": TEST_DEVICE, "dtype": "float32", **config}
     return Upscaler(model, EngineConfig(**config), noise=noise)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import build_tiny_model_dir
+from tests.conftest import TEST_DEVICE, build_tiny_model_dir
 from tests.media import decode_video, make_clip, moving_picture
 
 GOLDEN = Path(__file__).parent / "golden" / "golden.npz"
@@ -49,7 +49,7 @@ def engine_frames(model_dir: Path, consistency: int, noise: str = "shared") -> n
     upscaled 2x, 2 steps at t/T 0.2, float32 on the CPU."""
     from vsr.engine import Upscaler
 
-    up = Upscaler.from_pretrained(str(model_dir), scale=2, steps=2, dtype="float32", device="cpu",
+    up = Upscaler.from_pretrained(str(model_dir), scale=2, steps=2, dtype="float32", device=TEST_DEVICE,
                                   consistency=consistency, noise=noise, noise_level=0.2)
     x = torch.from_numpy(np.stack([moving_picture(i, 48, 32) for i in range(3)])).permute(0, 3, 1, 2)
     return up(x).permute(0, 2, 3, 1).numpy()
