@@ -195,7 +195,7 @@ def export(
     checkpoint: str | Path, out_dir: str | Path, *, prior: str | None = None, do_calibrate: bool = False,
     corpus: str | None = None, mix: float = 0.0, val_max_images: int = 16,
     scales: tuple[float, ...] = CALIBRATION_SCALES, grid: tuple[float, ...] = CALIBRATION_GRID,
-    steps: int | None = None, consistency: int | None = None,
+    steps: int | None = None, consistency: int | None = None, device: str = "auto",
 ) -> Path:
     """Write a model folder: the prior (unet/, scheduler/, copied from `prior`, default
     the run's) plus `noise_predictor/` (EMA weights, fp32 safetensors) and a
@@ -229,7 +229,7 @@ def export(
         steps = int(steps or cfg.val_steps)
         consistency = int(cfg.consistency if consistency is None else consistency)
         cal, scores = calibrate(net, load_model(str(out)), hr, scales=scales, grid=grid, steps=steps,
-                                consistency=consistency, device=cfg.device)
+                                consistency=consistency, device=device)
         entry.update(cal)
         entry["steps"] = steps
         entry["consistency"] = consistency
@@ -271,6 +271,7 @@ def add_cli(sub) -> None:
     e.add_argument("--prior", help="the prior to copy (default: the run's)")
     e.add_argument("--calibrate", action="store_true", help="measure the start t per scale on the held-out crops")
     e.add_argument("--corpus", help="corpus for --calibrate (default: the run's)")
+    e.add_argument("--device", default="auto", help="where --calibrate runs: auto | cpu | cuda (not the run's training device)")
     e.add_argument("--mix", type=float, default=0.0, help="std of the Gaussian field added to the prediction")
     e.add_argument("--scales", type=float, nargs="+", default=list(CALIBRATION_SCALES), help="scales to calibrate")
     e.add_argument("--grid", type=float, nargs="+", default=list(CALIBRATION_GRID), help="start t/T to try")
@@ -308,6 +309,6 @@ def run_cli(args) -> int:
                              "(the card records them with the start t it measures)")
         print(export(args.checkpoint, args.out, prior=args.prior, do_calibrate=args.calibrate, corpus=args.corpus,
                      mix=args.mix, val_max_images=args.max_images, scales=tuple(args.scales), grid=tuple(args.grid),
-                     steps=args.steps, consistency=args.consistency))
+                     steps=args.steps, consistency=args.consistency, device=args.device))
         return 0
     return run_training(args, PredictorTrainConfig, train)
