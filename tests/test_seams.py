@@ -51,7 +51,7 @@ def test_a_noise_source_sees_the_pictures_the_timestep_and_the_previous_frame(mo
     first = src.seen[0]
     assert first.low.shape == (1, 3, 24, 40) and first.upsampled.shape == (1, 3, 48, 80)
     expected_low = torch.from_numpy(moving_picture(0, 40, 24)).permute(2, 0, 1).float() / 255 * 2 - 1
-    torch.testing.assert_close(first.low[0], expected_low)
+    torch.testing.assert_close(first.low[0].cpu(), expected_low)  # on the engine's device (auto)
     # the previous frame's state reaches the next batch (what a flow-warped source needs)
     assert first.previous is None
     assert [c.previous.frame_index for c in src.seen[1:]] == [0, 1, 2]
