@@ -56,6 +56,9 @@ class PredictorTrainConfig(YamlConfig):
     h264_prob: float = 0.3
     h264_crf: tuple[int, int] = (18, 32)
     # loss
+    shift_weight: float = 0.0  # weight of the shift-consistency term (0: off; see `shifted_batch`)
+    shift_max: int = 2  # HR pixels
+    shift_block: int = 1  # compare block averages of this size (8: what the flicker metric sees)
     charbonnier_eps: float = 1e-3
     grad_weight: float = 0.5
     fft_weight: float = 0.05
@@ -93,6 +96,9 @@ class PredictorTrainConfig(YamlConfig):
         m = size_multiple(self.pixel_unshuffle, self.deep_blocks)
         if self.crop % m or self.val_crop % m or self.crop > self.pack_size:
             raise ConfigError(f"crop/val_crop must be multiples of {m} and crop <= pack_size")
+        if self.shift_weight < 0 or not 1 <= self.shift_max <= self.pack_size - self.crop or self.shift_block < 1:
+            raise ConfigError(f"shift_weight must be >= 0, shift_max in [1, pack_size - crop] and shift_block >= 1, "
+                              f"got {self.shift_weight}, {self.shift_max}, {self.shift_block}")
         if self.data_workers < 0:
             raise ConfigError(f"data_workers: got {self.data_workers}, need >= 0")
         if self.batch_size < 1 or self.steps < 0:

@@ -209,9 +209,23 @@ def step_batches(crops: np.ndarray, cfg: PredictorTrainConfig, start: int, end: 
     return iter(loader)
 
 
+def _flipped(c: torch.Tensor, flips: int) -> torch.Tensor:
+    """One of the 8 flips/transposes of a (C, H, W) crop: bit 0 left-right, 1 up-down, 2 transpose."""
+    if flips & 1:
+        c = c.flip(-1)
+    if flips & 2:
+        c = c.flip(-2)
+    if flips & 4:
+        c = c.transpose(-1, -2)
+    return c
+
+
 def make_batch(crops: np.ndarray, cfg: PredictorTrainConfig, gen: torch.Generator):
     """(hr, low): (B, 3, crop, crop) and (B, 3, n, n), float [0, 1]; one scale per batch
-    (log-uniform in [scale_min, scale_max]), random crop offsets, flips and transposes."""
+    (log-uniform in [scale_min, scale_max]), random crop offsets, flips and transposes.
+    With cfg.shift_weight > 0, `shifted_batch` instead."""
+    if cfg.shift_weight > 0:
+        return shifted_batch(crops, cfg, gen)
     s = math.exp(_uniform(gen, math.log(cfg.scale_min), math.log(cfg.scale_max)))
     n = lr_size(cfg.crop, s)
     hr, low = [], []
@@ -221,14 +235,38 @@ def make_batch(crops: np.ndarray, cfg: PredictorTrainConfig, gen: torch.Generato
         y = int(torch.randint(size - cfg.crop + 1, (1,), generator=gen))
         x = int(torch.randint(size - cfg.crop + 1, (1,), generator=gen))
         c = torch.from_numpy(crops[i, :, y : y + cfg.crop, x : x + cfg.crop].copy()).float() / 255.0
-        flips = int(torch.randint(8, (1,), generator=gen))
-        if flips & 1:
-            c = c.flip(-1)
-        if flips & 2:
-            c = c.flip(-2)
-        if flips & 4:
-            c = c.transpose(-1, -2)
-        c = c.contiguous()
+        c = _flipped(c, int(torch.randint(8, (1,), generator=gen))).contiguous()
         hr.append(c)
         low.append(degrade(c, (n, n), cfg, gen))
     return torch.stack(hr), torch.stack(low)
+
+
+def shifted_batch(crops: np.ndarray, cfg: PredictorTrainConfig, gen: torch.Generator):
+    """(hr, low, (dy, dx)): 2B crops, the second B the first B's windows moved by (dy, dx)
+    HR pixels (one shift per batch, each in [0, cfg.shift_max], not both 0) and degraded with
+    the same random draws, as the next frame of a slow pan is: hr[B + k][..., :-dy, :-dx] ==
+    hr[k][..., dy:, dx:]. What the predictor's shift-consistency term compares (`detail_loss`
+    sees all 2B). Flips and transposes are applied to the packed crop before the windows are
+    cut, so the shift holds in the output's coordinates."""
+    s = math.exp(_uniform(gen, math.log(cfg.scale_min), math.log(cfg.scale_max)))
+    n = lr_size(cfg.crop, s)
+    while True:
+        dy, dx = (int(v) for v in torch.randint(cfg.shift_max + 1, (2,), generator=gen))
+        if dy or dx:
+            break
+    size = crops.shape[-1]
+    first, second = [], []
+    for _ in range(cfg.batch_size):
+        i = int(torch.randint(len(crops), (1,), generator=gen))
+        c = _flipped(torch.from_numpy(crops[i].copy()).float() / 255.0, int(torch.randint(8, (1,), generator=gen)))
+        y = int(torch.randint(size - cfg.crop - dy + 1, (1,), generator=gen))
+        x = int(torch.randint(size - cfg.crop - dx + 1, (1,), generator=gen))
+        a = c[:, y : y + cfg.crop, x : x + cfg.crop].contiguous()
+        b = c[:, y + dy : y + dy + cfg.crop, x + dx : x + dx + cfg.crop].contiguous()
+        state = gen.get_state()
+        low_a = degrade(a, (n, n), cfg, gen)
+        low_b = degrade(b, (n, n), cfg, torch.Generator().set_state(state))
+        first.append((a, low_a))
+        second.append((b, low_b))
+    pairs = first + second
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]), (dy, dx)

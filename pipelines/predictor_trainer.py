@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vsr.core.resample import resample
 from vsr.core.sampling import back_project
@@ -33,6 +34,20 @@ def detail_loss(out: torch.Tensor, hr: torch.Tensor, cfg: PredictorTrainConfig) 
     fft = (torch.fft.rfft2(out, norm="ortho").abs() - torch.fft.rfft2(hr, norm="ortho").abs()).abs().mean()
     loss = charb + cfg.grad_weight * grad + cfg.fft_weight * fft
     return loss, {"charb": float(charb.detach()), "grad": float(grad.detach()), "fft": float(fft.detach())}
+
+
+def shift_difference(out: torch.Tensor, dy: int, dx: int, border: int = 8, block: int = 1) -> torch.Tensor:
+    """Mean |a - b| where the two halves of `out` (2B, C, H, W; the second half the first's
+    windows moved by (dy, dx), `shifted_batch`) show the same pixels, `border` pixels in from
+    the edges (resampling and back-projection see other surroundings there); with block > 1,
+    of block x block averages of a - b (the low-frequency change a viewer sees as flicker,
+    as `vsr.metrics.temporal.flicker` measures it with 8)."""
+    half = out.shape[0] // 2
+    h, w = out.shape[-2:]
+    a = out[:half, :, dy:, dx:]
+    b = out[half:, :, : h - dy, : w - dx]
+    diff = (a - b)[..., border : a.shape[-2] - border, border : a.shape[-1] - border]
+    return (F.avg_pool2d(diff, block) if block > 1 else diff).abs().mean()
 
 
 # ----------------------------------------------------------------------------- validation
@@ -208,13 +223,16 @@ class PredictorTrainer:
         self.ema = EMAModel(self.net.parameters(), decay=self.cfg.ema_decay)
 
     def loss(
-        self, hr: torch.Tensor, low: torch.Tensor, t: int, steps: int, direct: bool = False
+        self, hr: torch.Tensor, low: torch.Tensor, t: int, steps: int, direct: bool = False,
+        shift: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, dict]:
         """The end-to-end loss of one batch (hr, low in [0, 1]) from start t with `steps` DDIM steps.
 
         direct: the warm-up objective instead: the prior is taken as the identity (x0 =
         x_t = x_up + d), so only the back-projected start is scored; five times cheaper on
         a CPU, it teaches the predictor the detail before the sampler is in the loop.
+        shift: the (dy, dx) of a `shifted_batch`: adds shift_weight x `shift_difference` of
+        the output, which the truth has as 0: detail that moves with the picture.
         """
         from vsr.core.schedule import add_noise
         from vsr.methods import diffsr
@@ -225,22 +243,28 @@ class PredictorTrainer:
         if direct:
             x_t = add_noise(up, eps, t, self.alphas_cumprod)
             out = back_project(x_t, low, self.cfg.consistency) if self.cfg.consistency else x_t
-            return detail_loss(out, hr, self.cfg)
-        ts = timestep_set(t / self.alphas_cumprod.shape[0], steps, self.alphas_cumprod.shape[0])
-        out = diffsr.upscale(self.denoiser, low, up, eps, ts, self.alphas_cumprod, consistency=self.cfg.consistency)
-        return detail_loss(out, hr, self.cfg)
+        else:
+            ts = timestep_set(t / self.alphas_cumprod.shape[0], steps, self.alphas_cumprod.shape[0])
+            out = diffsr.upscale(self.denoiser, low, up, eps, ts, self.alphas_cumprod,
+                                 consistency=self.cfg.consistency)
+        loss, parts = detail_loss(out, hr, self.cfg)
+        if shift is not None:
+            term = shift_difference(out, *shift, block=self.cfg.shift_block)
+            loss = loss + self.cfg.shift_weight * term
+            parts["shift"] = float(term.detach())
+        return loss, parts
 
     def train_step(self, batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
         """One optimiser step on `batch` (hr, low), or on one drawn from the run's generator."""
         lr = _lr_at(self.step, self.cfg)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        hr, low = batch if batch is not None else make_batch(self.crops, self.cfg, self.gen)
+        hr, low, *shift = batch if batch is not None else make_batch(self.crops, self.cfg, self.gen)
         t = int(torch.randint(self.cfg.t_min, self.cfg.t_max + 1, (1,), generator=self.gen))
         steps = self.cfg.steps_choices[int(torch.randint(len(self.cfg.steps_choices), (1,), generator=self.gen))]
         self.net.train()
         direct = self.step < self.cfg.direct_steps
-        loss, parts = self.loss(hr, low, t, steps, direct)
+        loss, parts = self.loss(hr, low, t, steps, direct, shift[0] if shift else None)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip:

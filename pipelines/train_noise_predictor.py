@@ -56,6 +56,7 @@ from .predictor_data import (  # noqa: F401 - re-exported: their old home
     lr_size,
     make_batch,
     pack_crops,
+    shifted_batch,
     step_batches,
 )
 from .predictor_trainer import (  # noqa: F401 - re-exported: their old home
@@ -71,6 +72,7 @@ from .predictor_trainer import (  # noqa: F401 - re-exported: their old home
     load_val_crops,
     save_checkpoint,
     sharpness,
+    shift_difference,
 )
 
 log = logging.getLogger(__name__)

@@ -330,6 +330,31 @@ def test_batches_made_by_workers_resume_bit_for_bit_whatever_their_number(tmp_pa
         tiny_cfg(tmp_path / "e", data_workers=-1)
 
 
+def test_shifted_batches_pair_each_window_with_the_next_frame_of_a_pan(tmp_path):
+    """shift_weight > 0: the second half of a batch is the first half's windows moved by
+    (dy, dx), degraded with the same draws; the loss adds how much the two outputs differ
+    where they show the same pixels (0 for the truth)."""
+    cfg = tiny_cfg(tmp_path, batch_size=3, shift_weight=1.0, shift_max=2, jpeg_prob=0.0, h264_prob=0.0,
+                   noise_prob=0.0, blur_prob=0.0, area_prob=1.0, scale_min=2.0, scale_max=2.0)
+    crops = textured_crops()
+    hr, low, (dy, dx) = tnp.make_batch(crops, cfg, torch.Generator().manual_seed(4))
+    assert hr.shape == (6, 3, 32, 32) and low.shape == (6, 3, 16, 16) and 0 < dy + dx and max(dy, dx) <= 2
+    assert torch.equal(hr[3:, :, : 32 - dy, : 32 - dx], hr[:3, :, dy:, dx:])
+    assert float(tnp.shift_difference(hr, dy, dx)) == 0.0
+    assert float(tnp.shift_difference(torch.rand(6, 3, 32, 32), dy, dx)) > 0.1
+    if dy % 2 == 0 and dx % 2 == 0:  # area downscaling by 2 of a window moved by an even step
+        assert torch.allclose(low[3:, :, : 16 - dy // 2, : 16 - dx // 2], low[:3, :, dy // 2 :, dx // 2 :], atol=1 / 255)
+    # it trains, in this process or from workers, and the term is reported
+    kw = dict(progress=False, prior=tiny_prior(), crops=crops)
+    here = tnp.train(tiny_cfg(tmp_path / "a", shift_weight=1.0, direct_steps=4), **kw)
+    workers = tnp.train(tiny_cfg(tmp_path / "b", shift_weight=1.0, direct_steps=4, data_workers=1), **kw)
+    assert here.step == workers.step == 4
+    info = tnp.PredictorTrainer(tiny_cfg(tmp_path / "d", shift_weight=1.0), tiny_prior(), crops, None).train_step()
+    assert info["shift"] > 0
+    with pytest.raises(ConfigError, match="shift_max"):
+        tiny_cfg(tmp_path / "c", shift_weight=1.0, shift_max=0)
+
+
 def test_the_travel_pack_decodes_to_the_crops_within_jpeg_error(tmp_path, capsys):
     from vsr.cli import main
 
