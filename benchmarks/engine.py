@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -144,4 +145,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vsr.errors import VsrError
+
+    try:
+        raise SystemExit(main())
+    except VsrError as exc:  # a device this machine lacks, a model folder that is not one: one line
+        print(f"benchmarks.engine: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None

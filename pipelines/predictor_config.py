@@ -96,9 +96,14 @@ class PredictorTrainConfig(YamlConfig):
         m = size_multiple(self.pixel_unshuffle, self.deep_blocks)
         if self.crop % m or self.val_crop % m or self.crop > self.pack_size:
             raise ConfigError(f"crop/val_crop must be multiples of {m} and crop <= pack_size")
-        if self.shift_weight < 0 or not 1 <= self.shift_max <= self.pack_size - self.crop or self.shift_block < 1:
-            raise ConfigError(f"shift_weight must be >= 0, shift_max in [1, pack_size - crop] and shift_block >= 1, "
-                              f"got {self.shift_weight}, {self.shift_max}, {self.shift_block}")
+        if self.shift_weight < 0:
+            raise ConfigError(f"shift_weight: got {self.shift_weight}, need >= 0")
+        if self.shift_weight > 0 and not 1 <= self.shift_max <= self.pack_size - self.crop:
+            raise ConfigError(f"shift_max: got {self.shift_max}, need 1..{self.pack_size - self.crop} "
+                              f"(pack_size - crop: the room to move a window)")
+        if self.shift_weight > 0 and not 1 <= self.shift_block <= self.crop - self.shift_max - 16:
+            raise ConfigError(f"shift_block: got {self.shift_block}, need 1..{self.crop - self.shift_max - 16} "
+                              f"(the overlap of a window and its shifted copy, 8 pixels in from each edge)")
         if self.data_workers < 0:
             raise ConfigError(f"data_workers: got {self.data_workers}, need >= 0")
         if self.batch_size < 1 or self.steps < 0:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from vsr.core.resample import resample
+from vsr.errors import InputError
 
 from .predictor_config import PredictorTrainConfig
 
@@ -70,8 +71,25 @@ def crops_from_pack(z) -> np.ndarray:
     out = np.empty(shape, np.uint8)
     for i in range(shape[0]):
         bgr = cv2.imdecode(jpeg[offsets[i] : offsets[i + 1]], cv2.IMREAD_COLOR)
+        if bgr is None or bgr.shape != (shape[2], shape[3], 3):
+            raise ValueError(f"crop {i} of {shape[0]} does not decode to {shape[3]}x{shape[2]} (a damaged pack)")
         out[i] = bgr[:, :, ::-1].transpose(2, 0, 1)
     return out
+
+
+def read_crops(path: Path, cfg: PredictorTrainConfig) -> np.ndarray:
+    """A packed-crops .npz (`crops` or a `jpeg_pack`) checked against the run: (N, 3, S, S)
+    uint8 with S >= crop (+ shift_max with the shift term). Raises InputError (one line)
+    for a file that is not such a pack."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            crops = crops_from_pack(z)
+    except Exception as exc:  # zip, pickle, key and decode errors all mean "not a pack"
+        raise InputError(f"cannot read the crops file {path}: {type(exc).__name__}: {exc}") from None
+    need = cfg.crop + (cfg.shift_max if cfg.shift_weight > 0 else 0)
+    if crops.ndim != 4 or crops.shape[1] != 3 or crops.shape[2] != crops.shape[3] or crops.shape[2] < need:
+        raise InputError(f"the crops file {path} holds {crops.shape} crops: need (N, 3, S, S) with S >= {need}")
+    return crops
 
 
 def load_or_pack_crops(cfg: PredictorTrainConfig) -> np.ndarray:
@@ -80,8 +98,10 @@ def load_or_pack_crops(cfg: PredictorTrainConfig) -> np.ndarray:
 
     path = cfg.crops_path
     if path.is_file():
-        with np.load(path) as z:
-            return crops_from_pack(z)
+        return read_crops(path, cfg)
+    if cfg.crops_file:
+        raise InputError(f"crops_file not found: {path} (`vsr train predictor-pack` writes one; without "
+                         "crops_file a run packs RUN/crops.npz from the corpus)")
     images = load_images(cfg.corpus, "train", 1280)
     seed = cfg.seed if cfg.pack_seed is None else cfg.pack_seed
     crops = pack_crops(images, cfg.pack_count, cfg.pack_size, cfg.pack_max_downscale, seed)

@@ -3,6 +3,8 @@ forward in pixel space and its MAC count (see `train_prior`)."""
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -57,6 +59,56 @@ def run_training(args, config_cls, train) -> int:
     return 0
 
 
+def _fits(value, tp) -> bool:
+    """Whether a YAML value has the annotated type (int, float, bool, str, None, unions,
+    Literal, tuple[X, ...] and fixed tuples; bool is not an int here)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if tp is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+    return True
+
+
+def _as_float_if_text(value, tp):
+    """`value` as a float where tp is float (or float | None) and value is text that parses."""
+    if isinstance(value, str) and (tp is float or float in typing.get_args(tp)):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _describe(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return "a list of " + {int: "integers", float: "numbers", str: "texts"}.get(args[0], _describe(args[0]))
+        return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "text", type(None): "null"}.get(tp, str(tp))
+
+
 class YamlConfig:
     """from_yaml/from_dict/to_dict for the frozen training-config dataclasses: unknown
     keys are a one-line ConfigError, YAML lists become tuples (and back)."""
@@ -67,10 +119,20 @@ class YamlConfig:
 
     @classmethod
     def from_dict(cls, data: dict):
+        """Unknown keys and values of the wrong type (checked against the field's annotation)
+        are a one-line ConfigError naming the key; a float field also takes a number YAML read
+        as text (`1e9`, which YAML 1.1 needs written `1.0e+9`)."""
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ConfigError(f"unknown training config keys: {', '.join(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for key, value in data.items():
+            value = _as_float_if_text(value, hints[key])
+            if not _fits(value, hints[key]):
+                raise ConfigError(f"training config {key}: expected {_describe(hints[key])}, got {value!r}")
+            values[key] = tuple(value) if isinstance(value, list) else value
+        return cls(**values)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

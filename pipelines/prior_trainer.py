@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from vsr.device import resolve_device  # noqa: F401 - the trainers' too: checked, one-line errors
 from vsr.errors import InputError
 from vsr.models.adapter import to_x0_eps
 
@@ -69,12 +70,6 @@ def validate(unet, scheduler, crops: torch.Tensor, cfg: TrainConfig) -> dict[str
         result[f"psnr@{frac}"] = round(10 * math.log10(1 / max(mse, 1e-12)), 3)
         result[f"input_psnr@{frac}"] = round(10 * math.log10(1 / max(mse_in, 1e-12)), 3)
     return result
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _lr_at(step: int, cfg: TrainConfig) -> float:

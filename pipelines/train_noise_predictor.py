@@ -193,35 +193,18 @@ def calibrate(
     return {"scales": [float(s) for s in scales], "t": chosen}, scores
 
 
-def export(
-    checkpoint: str | Path, out_dir: str | Path, *, prior: str | None = None, do_calibrate: bool = False,
-    corpus: str | None = None, mix: float = 0.0, val_max_images: int = 16,
-    scales: tuple[float, ...] = CALIBRATION_SCALES, grid: tuple[float, ...] = CALIBRATION_GRID,
-    steps: int | None = None, consistency: int | None = None, device: str = "auto",
-) -> Path:
-    """Write a model folder: the prior (unet/, scheduler/, copied from `prior`, default
-    the run's) plus `noise_predictor/` (EMA weights, fp32 safetensors) and a
-    model_card.yaml with the `noise_predictor:` key (scales, t, mix, provenance). With
-    do_calibrate the start t per scale is measured on the corpus's held-out crops
-    (`calibrate`) for `steps` DDIM steps (default: the run's val_steps), and the key's
-    `steps` records that count (what the engine runs under `steps: auto`), `consistency`
-    the back-projection passes per step it was measured with (default: the run's; what
-    the engine runs under `consistency: auto`); otherwise the
-    key has no scales/t and the PRF decides."""
-    from vsr.models import load_model, resolve_model
+def _write_export(out: Path, net, state: dict, cfg, checkpoint, location, card_path, *, do_calibrate: bool,
+                  corpus, mix: float, val_max_images: int, scales, grid, steps, consistency, device: str) -> None:
+    """`export`'s files, written into the (new, empty) folder `out`."""
+    from vsr.models import load_model
     from vsr.models.card import ModelCard
     from vsr.models.noise_predictor import SUBFOLDER, count_macs
 
-    net, state, cfg = _checkpoint_net(checkpoint)
-    prior_name = prior if prior is not None else cfg.prior
-    _, location, card_path = resolve_model(prior_name)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     for sub in ("unet", "scheduler"):
-        if Path(location, sub).is_dir() and Path(location).resolve() != out.resolve():
+        if Path(location, sub).is_dir():
             shutil.copytree(Path(location, sub), out / sub, dirs_exist_ok=True)
     for extra in ("training.json", "training_corpus_manifest.json"):
-        if Path(location, extra).is_file() and Path(location).resolve() != out.resolve():
+        if Path(location, extra).is_file():
             shutil.copyfile(Path(location, extra), out / extra)
     net.save_pretrained(out / SUBFOLDER, safe_serialization=True)
     card = ModelCard.from_yaml(card_path, Path(location).name) if card_path else ModelCard(name=Path(location).name)
@@ -253,6 +236,42 @@ def export(
     extra["noise_predictor"] = entry
     card = dataclasses.replace(card, extra=extra)
     card.save(out / "model_card.yaml", header=f"{card.name} with a noise predictor ({checkpoint}, step {state['step']})")
+
+
+def export(
+    checkpoint: str | Path, out_dir: str | Path, *, prior: str | None = None, do_calibrate: bool = False,
+    corpus: str | None = None, mix: float = 0.0, val_max_images: int = 16,
+    scales: tuple[float, ...] = CALIBRATION_SCALES, grid: tuple[float, ...] = CALIBRATION_GRID,
+    steps: int | None = None, consistency: int | None = None, device: str = "auto",
+) -> Path:
+    """Write a model folder: the prior (unet/, scheduler/, copied from `prior`, default
+    the run's) plus `noise_predictor/` (EMA weights, fp32 safetensors) and a
+    model_card.yaml with the `noise_predictor:` key (scales, t, mix, provenance). With
+    do_calibrate the start t per scale is measured on the corpus's held-out crops
+    (`calibrate`) for `steps` DDIM steps (default: the run's val_steps), and the key's
+    `steps` records that count (what the engine runs under `steps: auto`), `consistency`
+    the back-projection passes per step it was measured with (default: the run's; what
+    the engine runs under `consistency: auto`); otherwise the
+    key has no scales/t and the PRF decides."""
+    from vsr.models import resolve_model
+
+    net, state, cfg = _checkpoint_net(checkpoint)
+    prior_name = prior if prior is not None else cfg.prior
+    _, location, card_path = resolve_model(prior_name)
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".partial")  # the folder appears complete or not at all
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        _write_export(tmp, net, state, cfg, checkpoint, location, card_path, do_calibrate=do_calibrate, corpus=corpus,
+                      mix=mix, val_max_images=val_max_images, scales=scales, grid=grid, steps=steps,
+                      consistency=consistency, device=device)
+        if out.exists():  # an earlier export (the CLI refuses any other folder)
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 
@@ -266,14 +285,15 @@ def add_cli(sub) -> None:
     k = sub.add_parser("predictor-pack", help="write a run's training crops as JPEGs, to travel to a GPU machine")
     k.add_argument("--config", required=True, help="the run's YAML (its crops are packed first if need be)")
     k.add_argument("--out", required=True, help="the .npz to write; give it to the run as crops_file")
-    k.add_argument("--quality", type=int, default=98, choices=range(50, 101), metavar="Q", help="JPEG quality (default 98)")
+    k.add_argument("--quality", type=int, default=98, metavar="Q", help="JPEG quality, 50..100 (default 98)")
     e = sub.add_parser("predictor-export", help="write a model folder: the prior plus the predictor's EMA weights")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--out", required=True)
     e.add_argument("--prior", help="the prior to copy (default: the run's)")
     e.add_argument("--calibrate", action="store_true", help="measure the start t per scale on the held-out crops")
     e.add_argument("--corpus", help="corpus for --calibrate (default: the run's)")
-    e.add_argument("--device", default="auto", help="where --calibrate runs: auto | cpu | cuda (not the run's training device)")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="where --calibrate runs (not the run's training device; default auto)")
     e.add_argument("--mix", type=float, default=0.0, help="std of the Gaussian field added to the prediction")
     e.add_argument("--scales", type=float, nargs="+", default=list(CALIBRATION_SCALES), help="scales to calibrate")
     e.add_argument("--grid", type=float, nargs="+", default=list(CALIBRATION_GRID), help="start t/T to try")
@@ -288,14 +308,39 @@ def add_cli(sub) -> None:
 def pack_for_travel(config: str | Path, out: str | Path, quality: int = 98) -> str:
     """Write the crops of the run `config` describes as a `jpeg_pack` .npz at `out`
     (atomically); returns a one-line summary."""
+    out = Path(out)
+    if not out.name or out.is_dir():
+        raise UsageError(f"--out {str(out)!r}: need a file name (e.g. crops.npz), not a folder")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: the folder {out.parent} does not exist")
+    if not 50 <= quality <= 100:
+        raise UsageError(f"--quality {quality}: need 50..100")
     cfg = PredictorTrainConfig.from_yaml(config)
     crops = load_or_pack_crops(cfg)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".tmp.npz")
-    np.savez(tmp, **jpeg_pack(crops, quality))
-    tmp.replace(out)
+    try:
+        np.savez(tmp, **jpeg_pack(crops, quality))
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return f"wrote {out}: {len(crops)} crops, {out.stat().st_size / 2**20:.1f} MiB (JPEG q{quality}, 4:4:4)"
+
+
+def _check_export_args(args) -> None:
+    """predictor-export's refusals, before any work (UsageError, one line)."""
+    out = Path(args.out)
+    if not args.out or out.is_file():
+        raise UsageError(f"--out {args.out!r}: need a folder to write the model into")
+    if out.is_dir() and any(out.iterdir()) and not (out / "noise_predictor").is_dir():
+        raise UsageError(f"--out {out} is a folder with other files in it: give a new folder (or an earlier export)")
+    if any(s <= 1 for s in args.scales):
+        raise UsageError(f"--scales: need scales above 1, got {' '.join(f'{s:g}' for s in args.scales)}")
+    if any(not 0 < g < 1 for g in args.grid):
+        raise UsageError(f"--grid: need t/T values in (0, 1), got {' '.join(f'{g:g}' for g in args.grid)}")
+    if args.max_images < 1 or args.mix < 0:
+        raise UsageError(f"--max-images must be >= 1 and --mix >= 0, got {args.max_images} and {args.mix:g}")
+    if args.calibrate and args.corpus and not (Path(args.corpus) / "images" / "val").is_dir():
+        raise UsageError(f"--corpus {args.corpus}: no images/val folder (the held-out photographs to calibrate on)")
 
 
 def run_cli(args) -> int:
@@ -305,6 +350,7 @@ def run_cli(args) -> int:
     if args.train_command == "predictor-export":
         if not Path(args.checkpoint).exists():
             raise InputError(f"checkpoint not found: {args.checkpoint}")
+        _check_export_args(args)
         given = [f"--{n}" for n in ("steps", "consistency") if getattr(args, n) is not None]
         if given and not args.calibrate:  # they are what the calibration measures with, recorded only with it
             raise UsageError(f"{' and '.join(given)} {'needs' if len(given) == 1 else 'need'} --calibrate "

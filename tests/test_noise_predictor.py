@@ -380,6 +380,47 @@ def test_the_travel_pack_decodes_to_the_crops_within_jpeg_error(tmp_path, capsys
         assert np.array_equal(tnp.crops_from_pack(z), back)
 
 
+def test_bad_training_files_and_values_are_one_line_errors(tmp_path, capsys):
+    from vsr.cli import main
+    from vsr.errors import InputError, UsageError
+
+    crops = textured_crops(n=4)
+    # a crops_file that is missing, not a pack, damaged, or of crops too small for the run
+    with pytest.raises(InputError, match="crops_file not found"):
+        tnp.load_or_pack_crops(tiny_cfg(tmp_path / "a", crops_file=str(tmp_path / "typo.npz")))
+    assert not (tmp_path / "typo.npz").exists()  # never packed fresh crops in its place
+    (tmp_path / "text.npz").write_text("not a pack")
+    pack = tnp.jpeg_pack(crops)
+    np.savez(tmp_path / "cut.npz", **{**pack, "jpeg": pack["jpeg"][: len(pack["jpeg"]) // 2]})
+    np.savez(tmp_path / "small.npz", crops=crops[:, :, :24, :24])
+    for name, match in (("text", "cannot read"), ("cut", "damaged pack"), ("small", "S >= 32")):
+        with pytest.raises(InputError, match=match):
+            tnp.load_or_pack_crops(tiny_cfg(tmp_path / "a", crops_file=str(tmp_path / f"{name}.npz")))
+    # config values of the wrong type name the key; a float written as 1e9 reads as a number
+    base = tiny_cfg(tmp_path).to_dict()
+    for key, value, match in (("data_workers", "two", "an integer"), ("data_workers", True, "an integer"),
+                              ("shift_weight", "abc", "a number"), ("blur_sigma", [1], "a list of 2")):
+        with pytest.raises(ConfigError, match=f"{key}: expected {match}"):
+            tnp.PredictorTrainConfig.from_dict({**base, key: value})
+    assert tnp.PredictorTrainConfig.from_dict({**base, "shift_weight": "1e9"}).shift_weight == 1e9
+    # the shift fields are checked only when the term is on (crop == pack_size is fine without it)
+    assert tiny_cfg(tmp_path, crop=40, pack_size=40, val_crop=40).shift_max == 2
+    with pytest.raises(ConfigError, match="shift_block"):
+        tiny_cfg(tmp_path, shift_weight=1.0, shift_block=100)
+    # predictor-pack: a folder as --out is refused before any work, and no partial file is left
+    run = tmp_path / "src"
+    run.mkdir()
+    np.savez_compressed(run / "crops.npz", crops=crops)
+    (tmp_path / "src.yaml").write_text(yaml.safe_dump(tiny_cfg(run).to_dict()))
+    for out in (str(tmp_path), str(tmp_path / "nowhere" / "x.npz"), ""):
+        assert main(["train", "predictor-pack", "--config", str(tmp_path / "src.yaml"), "--out", out]) == UsageError.exit_code
+    assert main(["train", "predictor-pack", "--config", str(tmp_path / "src.yaml"), "--out", str(tmp_path / "p.npz"),
+                 "--quality", "101"]) == UsageError.exit_code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 4 and "Traceback" not in err and "101" in err
+    assert not list(tmp_path.glob("*.tmp.npz"))
+
+
 def test_a_warm_start_begins_from_the_other_runs_ema_weights_with_a_fresh_optimiser(tmp_path):
     crops, prior = textured_crops(), tiny_prior()
     kw = dict(progress=False, prior=prior, crops=crops)
@@ -467,6 +508,40 @@ def test_card_entries_and_export_flags_are_checked(tmp_path, capsys):
     assert main([*export, "--steps", "1", "--consistency", "4"]) == UsageError.exit_code
     assert "--steps and --consistency need --calibrate" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_an_export_appears_complete_or_not_at_all(tmp_path, capsys):
+    from tests.conftest import build_tiny_model_dir
+    from vsr.cli import main
+    from vsr.errors import ConfigError, UsageError
+
+    prior_dir = build_tiny_model_dir(tmp_path / "prior", prediction_type="v_prediction")
+    tnp.train(tiny_cfg(tmp_path / "run", prior=str(prior_dir)), progress=False, crops=textured_crops())
+    export = ["train", "predictor-export", "--checkpoint", str(tmp_path / "run" / "last.pt")]
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    for out, more in (("", []), (str(tmp_path / "a-file"), []), (str(tmp_path / "busy"), []),
+                      (str(tmp_path / "o"), ["--scales", "1"]), (str(tmp_path / "o"), ["--grid", "2"]),
+                      (str(tmp_path / "o"), ["--mix", "-1"]), (str(tmp_path / "o"), ["--calibrate", "--corpus", "/nope"])):
+        assert main([*export, "--out", out, *more]) == UsageError.exit_code, (out, more)
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine" and not list(Path.cwd().glob("model_card.yaml"))
+    # a failure half-way (calibrating on a device this machine lacks) leaves no folder behind
+    val = tmp_path / "corpus" / "images" / "val"
+    val.mkdir(parents=True)
+    from PIL import Image
+
+    Image.fromarray(textured_crops(n=1, size=48)[0].transpose(1, 2, 0)).save(val / "0.png")
+    lacking = "mps" if not torch.cuda.is_available() else "nope"
+    code = main([*export, "--out", str(tmp_path / "o"), "--calibrate", "--corpus", str(tmp_path / "corpus"),
+                 "--scales", "2", "--grid", "0.02", "--device", lacking])
+    assert code in (ConfigError.exit_code, UsageError.exit_code)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
+    # a complete one, and again over it (an earlier export is replaced whole)
+    assert main([*export, "--out", str(tmp_path / "o")]) == 0
+    assert main([*export, "--out", str(tmp_path / "o")]) == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["model_card.yaml", "noise_predictor", "scheduler", "unet"]
+    capsys.readouterr()
 
 
 def test_config_errors_name_the_field(tmp_path):
