@@ -83,6 +83,7 @@ class PredictorTrainConfig(YamlConfig):
     val_steps: int = 2
 
     def __post_init__(self) -> None:
+        self._check_ranges()
         if not 1.0 < self.scale_min <= self.scale_max:
             raise ConfigError(f"scale_min/scale_max: got {self.scale_min}/{self.scale_max}, need 1 < min <= max")
         if not 1 <= self.t_min <= self.t_max:
@@ -108,6 +109,37 @@ class PredictorTrainConfig(YamlConfig):
             raise ConfigError(f"data_workers: got {self.data_workers}, need >= 0")
         if self.batch_size < 1 or self.steps < 0:
             raise ConfigError("batch_size must be >= 1 and steps >= 0")
+
+    def _check_ranges(self) -> None:
+        """Values of the right type but outside what the trainer can run: one line naming the key."""
+        import math
+
+        checks = [
+            ("lr", math.isfinite(self.lr) and self.lr > 0, "> 0"),
+            ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)"),
+            ("checkpoint_every", self.checkpoint_every >= 1, ">= 1"),
+            ("num_threads", self.num_threads >= 0, ">= 0 (0: torch's default)"),
+            ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+            ("val_every", self.val_every >= 0, ">= 0"),
+            ("pixel_unshuffle", self.pixel_unshuffle >= 1, ">= 1"),
+            ("channels", self.channels >= 1, ">= 1"),
+            ("num_blocks", self.num_blocks >= 1, ">= 1"),
+            ("emb_dim", self.emb_dim >= 2 and self.emb_dim % 2 == 0, "an even number >= 2"),
+            ("crop", self.crop >= 16, ">= 16"),
+            ("consistency", self.consistency >= 0, ">= 0"),
+            ("jpeg_quality", 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100, "[low, high] within 1..100"),
+            ("h264_crf", 0 <= self.h264_crf[0] <= self.h264_crf[1] <= 51, "[low, high] within 0..51 (libx264)"),
+            ("blur_sigma", 0 < self.blur_sigma[0] <= self.blur_sigma[1], "[low, high] with 0 < low <= high"),
+            ("noise_sigma", self.noise_sigma >= 0, ">= 0"),
+        ]
+        for name, ok, need in checks:
+            if not ok:
+                raise ConfigError(f"{name}: got {getattr(self, name)!r}, need {need}")
+        for name in ("blur_prob", "area_prob", "noise_prob", "jpeg_prob", "h264_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name}: got {getattr(self, name)!r}, need a probability in [0, 1]")
+        if self.jpeg_prob + self.h264_prob > 1:
+            raise ConfigError(f"jpeg_prob + h264_prob: got {self.jpeg_prob + self.h264_prob:g}, need <= 1")
 
     @property
     def crops_path(self) -> Path:

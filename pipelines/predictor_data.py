@@ -81,14 +81,20 @@ def read_crops(path: Path, cfg: PredictorTrainConfig) -> np.ndarray:
     """A packed-crops .npz (`crops` or a `jpeg_pack`) checked against the run: (N, 3, S, S)
     uint8 with S >= crop (+ shift_max with the shift term). Raises InputError (one line)
     for a file that is not such a pack."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"the crops file {path} is not an .npz file")
     try:
         with np.load(path, allow_pickle=False) as z:
             crops = crops_from_pack(z)
-    except Exception as exc:  # zip, pickle, key and decode errors all mean "not a pack"
+    except Exception as exc:  # zip, key and decode errors all mean "not a pack"
         raise InputError(f"cannot read the crops file {path}: {type(exc).__name__}: {exc}") from None
     need = cfg.crop + (cfg.shift_max if cfg.shift_weight > 0 else 0)
-    if crops.ndim != 4 or crops.shape[1] != 3 or crops.shape[2] != crops.shape[3] or crops.shape[2] < need:
-        raise InputError(f"the crops file {path} holds {crops.shape} crops: need (N, 3, S, S) with S >= {need}")
+    if (crops.dtype != np.uint8 or crops.ndim != 4 or len(crops) == 0 or crops.shape[1] != 3
+            or crops.shape[2] != crops.shape[3] or crops.shape[2] < need):
+        raise InputError(f"the crops file {path} holds {crops.dtype} crops of shape {crops.shape}: need uint8 "
+                         f"(N, 3, S, S) with N >= 1 and S >= {need}")
     return crops
 
 

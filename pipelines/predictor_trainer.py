@@ -182,6 +182,8 @@ class PredictorTrainer:
         sched = _schedule_of(prior)
         torch.manual_seed(cfg.seed)
         self.net = build_predictor(cfg, *sched).to(self.device)
+        if cfg.t_max >= len(self.alphas_cumprod):
+            raise ConfigError(f"t_max: got {cfg.t_max}, need < {len(self.alphas_cumprod)} (the prior's timesteps)")
         if not torch.allclose(self.net.alphas_cumprod.cpu(), self.alphas_cumprod.cpu(), rtol=1e-6, atol=1e-9):
             raise ConfigError("the prior's noise schedule is not one NoisePredictor can rebuild (DDPM betas)")
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=0.0)

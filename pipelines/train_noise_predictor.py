@@ -39,7 +39,7 @@ import torch
 import yaml
 
 from vsr.core.resample import resample  # noqa: F401 - re-exported: its old home
-from vsr.errors import InputError, UsageError
+from vsr.errors import InputError, OutputError, UsageError
 
 from .predictor_config import PredictorTrainConfig, build_predictor
 from .prior_model import add_training_args, run_training
@@ -100,18 +100,19 @@ def train(
     from vsr.models import load_model
 
     run = Path(cfg.run_dir)
-    run.mkdir(parents=True, exist_ok=True)
+    ckpt = run / "last.pt"
+    warm = _read_checkpoint(cfg.init_checkpoint) if cfg.init_checkpoint and not (resume and ckpt.exists()) else None
     prior = prior if prior is not None else load_model(cfg.prior)
     crops = crops if crops is not None else load_or_pack_crops(cfg)
     if val is None and (Path(cfg.corpus) / "images" / "val").is_dir():
         val = load_val_crops(cfg.corpus, cfg.val_crop, cfg.val_max_images)
     trainer = PredictorTrainer(cfg, prior, crops, val)
-    ckpt = run / "last.pt"
+    run.mkdir(parents=True, exist_ok=True)  # after the checks: a refused run leaves no folder
     if resume and ckpt.exists():
-        trainer.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+        trainer.load_state_dict(_read_checkpoint(ckpt))
         log.info("resumed from %s at step %d", ckpt, trainer.step)
-    elif cfg.init_checkpoint:
-        trainer.init_from(torch.load(cfg.init_checkpoint, map_location="cpu", weights_only=True))
+    elif warm is not None:
+        trainer.init_from(warm)
         log.info("started from the EMA weights of %s", cfg.init_checkpoint)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if trainer.val is not None and trainer.step == 0 and cfg.val_every:
@@ -153,16 +154,26 @@ def train(
 # ----------------------------------------------------------------------------- export
 
 
+def _read_checkpoint(checkpoint: str | Path) -> dict:
+    """A noise predictor checkpoint's state (on the CPU); a missing file or another kind of
+    file is a one-line InputError."""
+    if not Path(checkpoint).is_file():
+        raise InputError(f"checkpoint not found: {checkpoint}")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors vary by torch version; all mean "not a checkpoint"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InputError(f"cannot read checkpoint {checkpoint}: {type(exc).__name__}: {first[:160]}") from None
+    if not isinstance(state, dict) or not {"config", "net", "ema"} <= set(state):
+        raise InputError(f"{checkpoint} is not a noise predictor checkpoint (expected config, net and ema)")
+    return state
+
+
 def _checkpoint_net(checkpoint: str | Path):
     """The EMA predictor of a checkpoint, float32 CPU, and the checkpoint's state."""
     from diffusers.training_utils import EMAModel
 
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors vary by torch version; all mean "not a checkpoint"
-        raise InputError(f"cannot read checkpoint {checkpoint}: {type(exc).__name__}: {exc}") from None
-    if not isinstance(state, dict) or not {"config", "net", "ema"} <= set(state):
-        raise InputError(f"{checkpoint} is not a noise predictor checkpoint (expected config, net and ema)")
+    state = _read_checkpoint(checkpoint)
     cfg = PredictorTrainConfig.from_dict(state["config"])
     net = build_predictor(cfg, *state.get("schedule", (1000, "squaredcos_cap_v2")))
     net.load_state_dict(state["net"])
@@ -258,7 +269,9 @@ def export(
     net, state, cfg = _checkpoint_net(checkpoint)
     prior_name = prior if prior is not None else cfg.prior
     _, location, card_path = resolve_model(prior_name)
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()
+    if do_calibrate and not (Path(corpus or cfg.corpus) / "images" / "val").is_dir():
+        raise InputError(f"corpus {corpus or cfg.corpus}: no images/val folder (the held-out photographs to calibrate on)")
     tmp = out.with_name(out.name + ".partial")  # the folder appears complete or not at all
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -308,37 +321,50 @@ def add_cli(sub) -> None:
 def pack_for_travel(config: str | Path, out: str | Path, quality: int = 98) -> str:
     """Write the crops of the run `config` describes as a `jpeg_pack` .npz at `out`
     (atomically); returns a one-line summary."""
+    given = str(out)
     out = Path(out)
-    if not out.name or out.is_dir():
-        raise UsageError(f"--out {str(out)!r}: need a file name (e.g. crops.npz), not a folder")
+    if not given or not out.name or out.is_dir():
+        raise UsageError(f"--out {given!r}: need a file name (e.g. crops.npz), not a folder")
     if not out.parent.is_dir():
-        raise UsageError(f"--out {out}: the folder {out.parent} does not exist")
+        raise UsageError(f"--out {given}: {out.parent} is not a folder")
     if not 50 <= quality <= 100:
         raise UsageError(f"--quality {quality}: need 50..100")
     cfg = PredictorTrainConfig.from_yaml(config)
+    if out.exists() and out.resolve() == cfg.crops_path.resolve():
+        raise UsageError(f"--out {given} is the run's own crops file: write the pack beside it")
     crops = load_or_pack_crops(cfg)
     tmp = out.with_name(out.stem + ".tmp.npz")
     try:
         np.savez(tmp, **jpeg_pack(crops, quality))
         tmp.replace(out)
+    except OSError as exc:
+        raise OutputError(f"cannot write {given}: {exc.strerror or exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return f"wrote {out}: {len(crops)} crops, {out.stat().st_size / 2**20:.1f} MiB (JPEG q{quality}, 4:4:4)"
 
 
+# what an export writes: a folder holding nothing else is an earlier export, replaced whole
+EXPORT_FILES = {"unet", "scheduler", "noise_predictor", "model_card.yaml", "training.json", "training_corpus_manifest.json"}
+
+
 def _check_export_args(args) -> None:
     """predictor-export's refusals, before any work (UsageError, one line)."""
     out = Path(args.out)
-    if not args.out or out.is_file():
-        raise UsageError(f"--out {args.out!r}: need a folder to write the model into")
-    if out.is_dir() and any(out.iterdir()) and not (out / "noise_predictor").is_dir():
-        raise UsageError(f"--out {out} is a folder with other files in it: give a new folder (or an earlier export)")
-    if any(s <= 1 for s in args.scales):
-        raise UsageError(f"--scales: need scales above 1, got {' '.join(f'{s:g}' for s in args.scales)}")
-    if any(not 0 < g < 1 for g in args.grid):
+    if not args.out or out.is_file() or out.is_symlink():
+        raise UsageError(f"--out {args.out!r}: need a folder to write the model into (not a file or a link)")
+    if not out.resolve().parent.is_dir():
+        raise UsageError(f"--out {args.out}: {out.resolve().parent} is not a folder")
+    if out.is_dir() and not set(p.name for p in out.iterdir()) <= EXPORT_FILES:
+        raise UsageError(f"--out {args.out} is a folder with other files in it: give a new folder (or an earlier export)")
+    if not all(1 < s <= 16 for s in args.scales):
+        raise UsageError(f"--scales: need scales in (1, 16], got {' '.join(f'{s:g}' for s in args.scales)}")
+    if not all(0 < g < 1 for g in args.grid):
         raise UsageError(f"--grid: need t/T values in (0, 1), got {' '.join(f'{g:g}' for g in args.grid)}")
-    if args.max_images < 1 or args.mix < 0:
-        raise UsageError(f"--max-images must be >= 1 and --mix >= 0, got {args.max_images} and {args.mix:g}")
+    if not args.max_images >= 1:
+        raise UsageError(f"--max-images: got {args.max_images}, need >= 1")
+    if not 0 <= args.mix <= 1:
+        raise UsageError(f"--mix: got {args.mix:g}, need a standard deviation in [0, 1]")
     if args.calibrate and args.corpus and not (Path(args.corpus) / "images" / "val").is_dir():
         raise UsageError(f"--corpus {args.corpus}: no images/val folder (the held-out photographs to calibrate on)")
 

@@ -393,7 +393,11 @@ def test_bad_training_files_and_values_are_one_line_errors(tmp_path, capsys):
     pack = tnp.jpeg_pack(crops)
     np.savez(tmp_path / "cut.npz", **{**pack, "jpeg": pack["jpeg"][: len(pack["jpeg"]) // 2]})
     np.savez(tmp_path / "small.npz", crops=crops[:, :, :24, :24])
-    for name, match in (("text", "cannot read"), ("cut", "damaged pack"), ("small", "S >= 32")):
+    np.savez(tmp_path / "empty.npz", crops=crops[:0])
+    np.savez(tmp_path / "float.npz", crops=crops.astype(np.float64))
+    np.savez(tmp_path / "other.npz", pictures=crops)
+    for name, match in (("text", "not an .npz"), ("cut", "damaged pack"), ("small", "S >= 32"), ("empty", "N >= 1"),
+                        ("float", "float64"), ("other", "cannot read")):
         with pytest.raises(InputError, match=match):
             tnp.load_or_pack_crops(tiny_cfg(tmp_path / "a", crops_file=str(tmp_path / f"{name}.npz")))
     # config values of the wrong type name the key; a float written as 1e9 reads as a number
@@ -407,6 +411,19 @@ def test_bad_training_files_and_values_are_one_line_errors(tmp_path, capsys):
     assert tiny_cfg(tmp_path, crop=40, pack_size=40, val_crop=40).shift_max == 2
     with pytest.raises(ConfigError, match="shift_block"):
         tiny_cfg(tmp_path, shift_weight=1.0, shift_block=100)
+    # right type, impossible value: one line naming the key, before any run folder exists
+    for key, value in (("lr", -1.0), ("lr", float("nan")), ("ema_decay", 2.0), ("checkpoint_every", 0),
+                       ("num_threads", -1), ("pixel_unshuffle", 0), ("channels", 0), ("crop", 0),
+                       ("jpeg_quality", (95, 50)), ("h264_crf", (60, 70)), ("blur_sigma", (0.0, 0.0)),
+                       ("consistency", -1), ("jpeg_prob", 0.8), ("device", "tpu")):
+        with pytest.raises(ConfigError, match=key):
+            tnp.train(tiny_cfg(tmp_path / "refused", **{key: value}), progress=False, prior=tiny_prior(), crops=crops)
+    with pytest.raises(ConfigError, match="t_max"):
+        tnp.train(tiny_cfg(tmp_path / "refused", t_max=2000), progress=False, prior=tiny_prior(), crops=crops)
+    with pytest.raises(InputError, match="checkpoint not found"):
+        tnp.train(tiny_cfg(tmp_path / "refused", init_checkpoint=str(tmp_path / "nope.pt")), progress=False,
+                  prior=tiny_prior(), crops=crops)
+    assert not (tmp_path / "refused").exists()
     # predictor-pack: a folder as --out is refused before any work, and no partial file is left
     run = tmp_path / "src"
     run.mkdir()
@@ -419,6 +436,12 @@ def test_bad_training_files_and_values_are_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 4 and "Traceback" not in err and "101" in err
     assert not list(tmp_path.glob("*.tmp.npz"))
+    # the pack never replaces the crops it is made from
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(tiny_cfg(run, crops_file=str(run / "crops.npz")).to_dict()))
+    before = (run / "crops.npz").read_bytes()
+    assert main(["train", "predictor-pack", "--config", str(tmp_path / "own.yaml"), "--out",
+                 str(run / "crops.npz")]) == UsageError.exit_code
+    assert (run / "crops.npz").read_bytes() == before
 
 
 def test_a_warm_start_begins_from_the_other_runs_ema_weights_with_a_fresh_optimiser(tmp_path):
@@ -521,7 +544,11 @@ def test_an_export_appears_complete_or_not_at_all(tmp_path, capsys):
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
+    (tmp_path / "busy" / "noise_predictor").mkdir()  # looks like an export, but holds the user's file too
+    (tmp_path / "link").symlink_to(tmp_path / "busy")
     for out, more in (("", []), (str(tmp_path / "a-file"), []), (str(tmp_path / "busy"), []),
+                      (str(tmp_path / "link"), []), (str(tmp_path / "a-file" / "m"), []),
+                      (str(tmp_path / "o"), ["--scales", "nan"]), (str(tmp_path / "o"), ["--mix", "nan"]),
                       (str(tmp_path / "o"), ["--scales", "1"]), (str(tmp_path / "o"), ["--grid", "2"]),
                       (str(tmp_path / "o"), ["--mix", "-1"]), (str(tmp_path / "o"), ["--calibrate", "--corpus", "/nope"])):
         assert main([*export, "--out", out, *more]) == UsageError.exit_code, (out, more)

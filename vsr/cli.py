@@ -220,7 +220,8 @@ def _dispatch(argv: list[str], command: str | None, as_program: bool) -> int:
         if command == "stream":  # stopped while starting: nothing was written, a stop is exit 0
             print("vsr stream: stopped before the stream started", file=sys.stderr)
             return EXIT_OK
-        hint = " (rerun with --resume to continue)" if command in RESUMABLE else ""
+        resumable = command in RESUMABLE and (args is None or hasattr(args, "resume"))
+        hint = " (rerun with --resume to continue)" if resumable else ""
         print(f"vsr: interrupted{hint}", file=sys.stderr)
         if as_program:
             _exit_interrupted()

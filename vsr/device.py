@@ -28,7 +28,12 @@ def resolve_device(device: str) -> torch.device:
         raise ConfigError(f"device '{device}' requested but CUDA is not available: use --device cpu or auto")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError("device 'mps' requested but MPS is not available: use --device cpu or auto")
-    return torch.device(device)
+    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
+        raise ConfigError(f"device {device!r}: allowed auto, cpu, cuda, cuda:N, mps")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device {device!r}: allowed auto, cpu, cuda, cuda:N, mps") from None
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
