@@ -204,6 +204,10 @@ def calibrate(
     return {"scales": [float(s) for s in scales], "t": chosen}, scores
 
 
+# what an export writes: a folder holding nothing else is an earlier export, replaced whole
+EXPORT_FILES = {"unet", "scheduler", "noise_predictor", "model_card.yaml", "training.json", "training_corpus_manifest.json"}
+
+
 def _write_export(out: Path, net, state: dict, cfg, checkpoint, location, card_path, *, do_calibrate: bool,
                   corpus, mix: float, val_max_images: int, scales, grid, steps, consistency, device: str) -> None:
     """`export`'s files, written into the (new, empty) folder `out`."""
@@ -273,7 +277,9 @@ def export(
     if do_calibrate and not (Path(corpus or cfg.corpus) / "images" / "val").is_dir():
         raise InputError(f"corpus {corpus or cfg.corpus}: no images/val folder (the held-out photographs to calibrate on)")
     tmp = out.with_name(out.name + ".partial")  # the folder appears complete or not at all
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp.is_symlink() or tmp.is_file() or (tmp.is_dir() and not {p.name for p in tmp.iterdir()} <= EXPORT_FILES):
+        raise OutputError(f"{tmp} is in the way (not a partial export of vsr's): move it, then export again")
+    shutil.rmtree(tmp, ignore_errors=True)  # an interrupted export's
     tmp.mkdir(parents=True)
     try:
         _write_export(tmp, net, state, cfg, checkpoint, location, card_path, do_calibrate=do_calibrate, corpus=corpus,
@@ -342,10 +348,6 @@ def pack_for_travel(config: str | Path, out: str | Path, quality: int = 98) -> s
     finally:
         tmp.unlink(missing_ok=True)
     return f"wrote {out}: {len(crops)} crops, {out.stat().st_size / 2**20:.1f} MiB (JPEG q{quality}, 4:4:4)"
-
-
-# what an export writes: a folder holding nothing else is an earlier export, replaced whole
-EXPORT_FILES = {"unet", "scheduler", "noise_predictor", "model_card.yaml", "training.json", "training_corpus_manifest.json"}
 
 
 def _check_export_args(args) -> None:

@@ -536,7 +536,9 @@ def test_card_entries_and_export_flags_are_checked(tmp_path, capsys):
 def test_an_export_appears_complete_or_not_at_all(tmp_path, capsys):
     from tests.conftest import build_tiny_model_dir
     from vsr.cli import main
-    from vsr.errors import ConfigError, UsageError
+    import shutil
+
+    from vsr.errors import ConfigError, OutputError, UsageError
 
     prior_dir = build_tiny_model_dir(tmp_path / "prior", prediction_type="v_prediction")
     tnp.train(tiny_cfg(tmp_path / "run", prior=str(prior_dir)), progress=False, crops=textured_crops())
@@ -564,6 +566,12 @@ def test_an_export_appears_complete_or_not_at_all(tmp_path, capsys):
                  "--scales", "2", "--grid", "0.02", "--device", lacking])
     assert code in (ConfigError.exit_code, UsageError.exit_code)
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
+    # a folder of the user's where the partial export would go is never removed
+    (tmp_path / "o.partial").mkdir()
+    (tmp_path / "o.partial" / "mine.txt").write_text("keep")
+    assert main([*export, "--out", str(tmp_path / "o")]) == OutputError.exit_code
+    assert (tmp_path / "o.partial" / "mine.txt").read_text() == "keep"
+    shutil.rmtree(tmp_path / "o.partial")
     # a complete one, and again over it (an earlier export is replaced whole)
     assert main([*export, "--out", str(tmp_path / "o")]) == 0
     assert main([*export, "--out", str(tmp_path / "o")]) == 0
