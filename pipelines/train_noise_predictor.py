@@ -12,17 +12,22 @@ For a batch of high-resolution crops x (random crops of a packed uint8 array):
 4. loss against x: Charbonnier (Lai et al. 2017) + L1 of image gradients (edges where
    the truth has them) + L1 of FFT amplitudes (Jiang et al. 2021's frequency loss, L1
    form: rewards high-frequency energy the truth has, wherever the phase lands).
-   InvSR used L2 + LPIPS + GAN; LPIPS weights cannot be had here.
+   InvSR used L2 + LPIPS + GAN; LPIPS weights cannot be had here. Optionally
+   (`shift_weight`) + the difference of the outputs of each window and of itself moved by
+   a pixel or two where they overlap (`shifted_batch`, `shift_difference`): detail that
+   moves with the picture, which the flicker metric rewards.
 
 As in `pipelines/train_prior.py`: one frozen `PredictorTrainConfig` from YAML, every
 random draw from one CPU `torch.Generator` checkpointed with the run (resume is
 bit-for-bit; tested), EMA of the weights via diffusers, `--device cuda` for a GPU. The
-training crops are packed once into `RUN/crops.npz` (uint8, < 64 MiB), so a GPU machine
-gets the run folder and nothing else.
+training crops are packed once into `RUN/crops.npz` (uint8); `predictor-pack` writes them as
+JPEG q98 (a third of the size) for a machine that takes little, given to a run as its
+`crops_file`, and `data_workers` makes the batches in worker processes (each batch from
+its own generator seeded by (seed, step)) so a GPU is not left waiting for the CPU.
 
 CLI (wired into `vsr train`): `vsr train predictor --config configs/predictor/X.yaml
 [--resume]`, `vsr train predictor-export --checkpoint RUN/last.pt --out FOLDER
-[--calibrate]`. Imports PyAV (for the H.264 degradation) besides vsr.io: a training
+[--calibrate]`, `vsr train predictor-pack --config C --out F.npz`. Imports PyAV (for the H.264 degradation) besides vsr.io: a training
 pipeline, not the engine.
 """
 from __future__ import annotations
