@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from vsr.config import is_int, is_number
 from vsr.errors import ConfigError
 from vsr.models.macs import count_macs as _count_macs
 
@@ -66,9 +67,9 @@ def _fits(value, tp) -> bool:
     if tp is bool:
         return isinstance(value, bool)
     if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return is_int(value)
     if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return is_number(value)
     if tp is str:
         return isinstance(value, str)
     if tp is type(None):

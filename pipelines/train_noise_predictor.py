@@ -372,8 +372,6 @@ def _check_export_args(args) -> None:
         raise UsageError(f"--max-images: got {args.max_images}, need >= 1")
     if not 0 <= args.mix <= 1:
         raise UsageError(f"--mix: got {args.mix:g}, need a standard deviation in [0, 1]")
-    if args.calibrate and args.corpus and not (Path(args.corpus) / "images" / "val").is_dir():
-        raise UsageError(f"--corpus {args.corpus}: no images/val folder (the held-out photographs to calibrate on)")
 
 
 def run_cli(args) -> int:

@@ -552,8 +552,12 @@ def test_an_export_appears_complete_or_not_at_all(tmp_path, capsys):
                       (str(tmp_path / "link"), []), (str(tmp_path / "a-file" / "m"), []),
                       (str(tmp_path / "o"), ["--scales", "nan"]), (str(tmp_path / "o"), ["--mix", "nan"]),
                       (str(tmp_path / "o"), ["--scales", "1"]), (str(tmp_path / "o"), ["--grid", "2"]),
-                      (str(tmp_path / "o"), ["--mix", "-1"]), (str(tmp_path / "o"), ["--calibrate", "--corpus", "/nope"])):
+                      (str(tmp_path / "o"), ["--mix", "-1"])):
         assert main([*export, "--out", out, *more]) == UsageError.exit_code, (out, more)
+    from vsr.errors import InputError
+
+    assert main([*export, "--out", str(tmp_path / "o"), "--calibrate", "--corpus", "/nope"]) == InputError.exit_code
+    assert "no images/val folder" in capsys.readouterr().err and not (tmp_path / "o").exists()
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine" and not list(Path.cwd().glob("model_card.yaml"))
     # a failure half-way (calibrating on a device this machine lacks) leaves no folder behind
     val = tmp_path / "corpus" / "images" / "val"

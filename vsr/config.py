@@ -71,11 +71,13 @@ def check_overlap(overlap: int, tile: int, whose: str) -> None:
         _fail("overlap", overlap, f"'auto' or at most half the tile ({whose} {tile}), e.g. --overlap {tile // 4}")
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """An int that is not a bool (YAML's true is not a count); the training configs use it too."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """A finite int or float that is not a bool."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -130,41 +132,41 @@ class EngineConfig:
                 _fail("size", self.size, "[width, height] of positive integers")
             set_(self, "size", size)
         if self.scale is not None:
-            if not _is_number(self.scale) or not 0 < self.scale <= 64:
+            if not is_number(self.scale) or not 0 < self.scale <= 64:
                 _fail("scale", self.scale, "a number in (0, 64], e.g. 2 or 2.7")
             set_(self, "scale", float(self.scale))
         if self.size is not None and self.scale is not None:
             raise ConfigError("config fields 'size' and 'scale' are exclusive: give one of them")
-        if self.steps != "auto" and (not _is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS):
+        if self.steps != "auto" and (not is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS):
             _fail("steps", self.steps, f"'auto' or an integer in 1..{MAX_STEPS}")
         if self.timesteps is not None:
             ts = self.timesteps
-            if _is_int(ts):
+            if is_int(ts):
                 ts = (ts,)
             if (
                 not isinstance(ts, (list, tuple))
                 or not ts
-                or not all(_is_int(t) and t >= 0 for t in ts)
+                or not all(is_int(t) and t >= 0 for t in ts)
                 or any(a <= b for a, b in zip(ts, ts[1:]))
             ):
                 _fail("timesteps", self.timesteps, "a strictly descending list of integers >= 0, e.g. [200, 100, 50]")
             set_(self, "timesteps", tuple(int(t) for t in ts))
         if self.noise_level != "auto":
-            if not _is_number(self.noise_level) or not 0 < self.noise_level < 1:
+            if not is_number(self.noise_level) or not 0 < self.noise_level < 1:
                 _fail("noise_level", self.noise_level, "'auto' or a number t/T in (0, 1), e.g. 0.3")
             set_(self, "noise_level", float(self.noise_level))
-        if self.consistency != "auto" and (not _is_int(self.consistency) or not 0 <= self.consistency <= 10):
+        if self.consistency != "auto" and (not is_int(self.consistency) or not 0 <= self.consistency <= 10):
             _fail("consistency", self.consistency, "'auto' or an integer in 0..10 (back-projection passes per step; 0 = off)")
-        if self.tile is not None and (not _is_int(self.tile) or not 8 <= self.tile <= 4096):
+        if self.tile is not None and (not is_int(self.tile) or not 8 <= self.tile <= 4096):
             _fail("tile", self.tile, "an integer in 8..4096 (unset or null: the model card's crop)")
         if self.overlap != "auto":
-            if not _is_int(self.overlap) or not 0 <= self.overlap <= 2048:
+            if not is_int(self.overlap) or not 0 <= self.overlap <= 2048:
                 _fail("overlap", self.overlap, "'auto' or an integer in 0..2048 (32-64 is typical)")
             if self.tile is not None:
                 check_overlap(self.overlap, self.tile, "tile")
-        if not _is_int(self.batch) or not 1 <= self.batch <= 4096:
+        if not is_int(self.batch) or not 1 <= self.batch <= 4096:
             _fail("batch", self.batch, "an integer in 1..4096 (tiles per model call)")
-        if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
+        if not is_int(self.seed) or not 0 <= self.seed < 2**63:
             _fail("seed", self.seed, "an integer in 0..2**63-1")
         if self.noise not in NOISE_MODES:
             _fail("noise", self.noise, " or ".join(repr(m) for m in NOISE_MODES))
