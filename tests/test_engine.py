@@ -55,7 +55,7 @@ class Oracle(torch.nn.Module):
     """A "sample" model that knows the injected noise is zero: x0 = x_t / sqrt(abar_t)."""
 
     def forward(self, x, t):
-        return x / AC[t].sqrt().float().view(-1, 1, 1, 1)
+        return x / AC.to(t.device)[t].sqrt().float().view(-1, 1, 1, 1)
 
 
 class NoNoise:

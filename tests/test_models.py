@@ -136,6 +136,22 @@ def test_an_unavailable_device_is_a_clear_error():
         resolve_device("cuda")
 
 
+def test_float32_on_cuda_turns_tf32_off_and_other_choices_leave_it():
+    # the flags only: the arithmetic they change needs a GPU (VSR_TEST_DEVICE=cuda runs the rest)
+    from vsr.device import exact_float32
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        for device, dtype in (("cuda", torch.float16), ("cuda", torch.bfloat16), ("cpu", torch.float32)):
+            exact_float32(torch.device(device), dtype)
+            assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        exact_float32(torch.device("cuda:0"), torch.float32)
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.mark.parametrize("ptype", ["epsilon", "v_prediction", "sample"])
 def test_to_x0_eps_with_per_sample_timesteps_matches_one_timestep(ptype):
     from vsr.models import to_x0_eps

@@ -45,8 +45,22 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_supports_bf16() else torch.float32
 
 
+def exact_float32(device: torch.device, dtype: torch.dtype) -> None:
+    """float32 on CUDA means IEEE float32: turn off TF32, the 10-bit-mantissa format
+    PyTorch lets cuDNN use for float32 convolutions by default on Ampere and later GPUs
+    (`torch.backends.cudnn.allow_tf32`; matmuls likewise). With it a float32 result moves
+    by about 5e-4 with the batch size (the convolution algorithm differs), which breaks
+    "the batch never changes the output" (STYLE.md 7) and the golden frames. Process-wide,
+    as PyTorch's flags are; fp16/bf16 (the `auto` dtype on CUDA) are untouched."""
+    if device.type == "cuda" and dtype == torch.float32:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def prepare_net(net: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """The net on device/dtype (a copy unless it is already there); channels_last off fp32-CPU."""
+    """The net on device/dtype (a copy unless it is already there); channels_last off fp32-CPU;
+    float32 on CUDA without TF32 (`exact_float32`)."""
+    exact_float32(device, dtype)
     p = next(iter(net.parameters()), None)
     if p is not None and p.device == device and p.dtype == dtype:
         return net
