@@ -63,7 +63,8 @@ def clip(path: Path, *, frames: int = 12, width: int = 64, height: int = 48, aud
 
 
 def env(**extra: str) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
+    paths = (str(ROOT), os.environ.get("PYTHONPATH", ""))  # this checkout first, what was there kept
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in paths if p), **extra}
 
 
 def argv(*args) -> list[str]:

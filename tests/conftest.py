@@ -80,6 +80,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 # The device the engine tests run the engine on: the CPU (CI), or `VSR_TEST_DEVICE=cuda` on a
 # GPU machine, to run the same tests once there.
 TEST_DEVICE = os.environ.get("VSR_TEST_DEVICE", "cpu")
+
+
+def child_env(**extra: str) -> dict:
+    """The environment of a `python -m vsr.cli` child: this checkout first on PYTHONPATH,
+    what was there kept after it (packages installed with --target, as on a GPU machine),
+    one OpenMP thread, then `extra`."""
+    paths = [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in paths if p), **extra}
 TINY_ENGINE = {"steps": 1, "tile": 32, "overlap": 8, "batch": 8, "device": TEST_DEVICE}
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import child_env
 from tests.media import decode_video, make_clip, moving_picture
 from vsr.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_MODEL, EXIT_OUTPUT, EXIT_RESOURCES, EXIT_USAGE
 from vsr.jobs import JOURNAL, temp_dir_for
@@ -35,7 +36,7 @@ def _cli(*args) -> list[str]:
 
 
 def _env(**extra) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
+    return child_env(**extra)
 
 
 def _run(args: list, timeout: float = 600, **kw) -> subprocess.CompletedProcess:

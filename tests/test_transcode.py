@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.conftest import child_env
 from tests.media import MASTER_DISPLAY, MAX_CLL, audio_packets, decode_video, make_clip
 from vsr import video
 from vsr.errors import EXIT_CODEC, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_USAGE, OutputError, UsageError
@@ -178,7 +179,7 @@ def _cli(*args: str | Path) -> list[str]:
 
 
 def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return child_env()
 
 
 def _wait_for_segments(journal: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
