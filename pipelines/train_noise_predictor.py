@@ -27,7 +27,8 @@ its own generator seeded by (seed, step)) so a GPU is not left waiting for the C
 
 CLI (wired into `vsr train`): `vsr train predictor --config configs/predictor/X.yaml
 [--resume]`, `vsr train predictor-export --checkpoint RUN/last.pt --out FOLDER
-[--calibrate]`, `vsr train predictor-pack --config C --out F.npz`. Imports PyAV (for the H.264 degradation) besides vsr.io: a training
+[--calibrate]`, `vsr train predictor-pack --config C --out F.npz`, `vsr train
+predictor-average A.pt B.pt --out C.pt` (mean weights, to export). Imports PyAV (for the H.264 degradation) besides vsr.io: a training
 pipeline, not the engine.
 """
 from __future__ import annotations
@@ -188,6 +189,61 @@ def _checkpoint_net(checkpoint: str | Path):
     return net.eval(), state, cfg
 
 
+ARCHITECTURE_FIELDS = ("channels", "num_blocks", "pixel_unshuffle", "emb_dim", "deep_blocks", "deep_channels")
+
+
+def average_checkpoints(checkpoints: list[str | Path], out: str | Path) -> str:
+    """Write a checkpoint whose weights (net and EMA) are the mean of `checkpoints`'
+    (a weight-space ensemble, "model soup": Wortsman et al. 2022, arXiv 2203.05482; for
+    fine-tunes of one run, WiSE-FT, arXiv 2109.01903). They must share the architecture
+    and noise schedule (InputError otherwise); the rest (config, step, EMA settings) is
+    the last one's, with `averaged_from` naming them all, and no optimiser state: it is
+    for `predictor-export`, not `--resume`. Written atomically; returns a one-line summary."""
+    if len(checkpoints) < 2:
+        raise UsageError(f"need at least 2 checkpoints to average, got {len(checkpoints)}")
+    out = Path(out)
+    if not out.name or out.is_dir() or not out.resolve().parent.is_dir():
+        raise UsageError(f"--out {str(out)!r}: need a file name in an existing folder")
+    if any(Path(c).resolve() == out.resolve() for c in checkpoints):
+        raise UsageError(f"--out {out} is one of the checkpoints being averaged: write a new file")
+    states = [_read_checkpoint(c) for c in checkpoints]
+    first = states[0]
+    def architecture(st: dict) -> str:
+        cfg = PredictorTrainConfig.from_dict(st["config"])
+        return ", ".join(f"{k} {getattr(cfg, k)}" for k in ARCHITECTURE_FIELDS) + f", schedule {st.get('schedule')}"
+
+    for c, st in zip(checkpoints[1:], states[1:]):
+        if architecture(st) != architecture(first):
+            raise InputError(f"{c} is another architecture than {checkpoints[0]}: {architecture(st)} against "
+                             f"{architecture(first)}")
+
+    def mean(tensors):
+        return (sum(t.double() for t in tensors) / len(tensors)).to(tensors[0].dtype)
+
+    last = states[-1]
+    state = {k: last[k] for k in ("config", "step", "schedule") if k in last}
+    state["net"] = {k: mean([s["net"][k] for s in states]) for k in first["net"]}
+    state["ema"] = dict(last["ema"])
+    shadows = [s["ema"]["shadow_params"] for s in states]
+    state["ema"]["shadow_params"] = [mean(list(ps)) for ps in zip(*shadows)]
+    state["wall_s"] = float(sum(s.get("wall_s", 0.0) for s in states))
+    state["averaged_from"] = [str(c) for c in checkpoints]
+    _write_atomically(out, out.with_name(out.name + ".partial"), lambda tmp: torch.save(state, tmp), str(out))
+    return f"wrote {out}: the mean of {len(states)} checkpoints' weights"
+
+
+def _write_atomically(out: Path, tmp: Path, write, shown: str) -> None:
+    """write(tmp), then rename tmp to out: the file appears complete or not at all; an
+    OSError is a one-line OutputError naming `shown`."""
+    try:
+        write(tmp)
+        tmp.replace(out)
+    except OSError as exc:
+        raise OutputError(f"cannot write {shown}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def calibrate(
     net, prior, hr: torch.Tensor, *, scales=CALIBRATION_SCALES, grid=CALIBRATION_GRID, steps: int = 2,
     consistency: int = 1, device: str = "auto", dtype: str = "auto", tolerance_db: float = 0.1,
@@ -252,6 +308,8 @@ def _write_export(out: Path, net, state: dict, cfg, checkpoint, location, card_p
         "steps": state["step"], "wall_s": round(state.get("wall_s", 0.0), 1), "config": state["config"],
         "last_validation": state["history"][-1] if state.get("history") else None,
     }
+    if state.get("averaged_from"):
+        entry["training"]["averaged_from"] = state["averaged_from"]
     extra = dict(card.extra)
     extra["noise_predictor"] = entry
     card = dataclasses.replace(card, extra=extra)
@@ -303,13 +361,16 @@ def export(
 
 
 def add_cli(sub) -> None:
-    """Add `predictor`, `predictor-export` and `predictor-pack` to `vsr train`'s subparsers."""
+    """Add `predictor`, `predictor-export`, `predictor-pack` and `predictor-average` to `vsr train`'s subparsers."""
     p = sub.add_parser("predictor", help="train (or resume) a prior's noise predictor (InvSR)")
     add_training_args(p, "a YAML file of PredictorTrainConfig fields (configs/predictor/*.yaml)")
     k = sub.add_parser("predictor-pack", help="write a run's training crops as JPEGs, to travel to a GPU machine")
     k.add_argument("--config", required=True, help="the run's YAML (its crops are packed first if need be)")
     k.add_argument("--out", required=True, help="the .npz to write; give it to the run as crops_file")
     k.add_argument("--quality", type=int, default=98, metavar="Q", help="JPEG quality, 50..100 (default 98)")
+    a = sub.add_parser("predictor-average", help="write a checkpoint with the mean weights of several (a model soup)")
+    a.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="runs' last.pt, of one architecture")
+    a.add_argument("--out", required=True, help="the checkpoint to write, for predictor-export")
     e = sub.add_parser("predictor-export", help="write a model folder: the prior plus the predictor's EMA weights")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--out", required=True)
@@ -344,14 +405,8 @@ def pack_for_travel(config: str | Path, out: str | Path, quality: int = 98) -> s
     if out.exists() and out.resolve() == cfg.crops_path.resolve():
         raise UsageError(f"--out {given} is the run's own crops file: write the pack beside it")
     crops = load_or_pack_crops(cfg)
-    tmp = out.with_name(out.stem + ".tmp.npz")
-    try:
-        np.savez(tmp, **jpeg_pack(crops, quality))
-        tmp.replace(out)
-    except OSError as exc:
-        raise OutputError(f"cannot write {given}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    _write_atomically(out, out.with_name(out.stem + ".tmp.npz"), lambda tmp: np.savez(tmp, **jpeg_pack(crops, quality)),
+                      given)
     return f"wrote {out}: {len(crops)} crops, {out.stat().st_size / 2**20:.1f} MiB (JPEG q{quality}, 4:4:4)"
 
 
@@ -377,6 +432,9 @@ def _check_export_args(args) -> None:
 def run_cli(args) -> int:
     if args.train_command == "predictor-pack":
         print(pack_for_travel(args.config, args.out, args.quality))
+        return 0
+    if args.train_command == "predictor-average":
+        print(average_checkpoints(args.checkpoints, args.out))
         return 0
     if args.train_command == "predictor-export":
         if not Path(args.checkpoint).exists():

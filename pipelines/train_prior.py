@@ -177,13 +177,13 @@ def add_cli(parser) -> None:
     e = sub.add_parser("export", help="write a checkpoint's EMA weights as a diffusers folder")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--out", required=True)
-    from . import train_noise_predictor  # `predictor`, `predictor-export`, `predictor-pack` (InvSR's noise predictor)
+    from . import train_noise_predictor  # predictor, predictor-export, -pack and -average (InvSR's noise predictor)
 
     train_noise_predictor.add_cli(sub)
 
 
 def run_cli(args) -> int:
-    if args.train_command in ("predictor", "predictor-export", "predictor-pack"):
+    if args.train_command in ("predictor", "predictor-export", "predictor-pack", "predictor-average"):
         from . import train_noise_predictor
 
         return train_noise_predictor.run_cli(args)

@@ -583,6 +583,43 @@ def test_an_export_appears_complete_or_not_at_all(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_averaged_checkpoints_hold_the_mean_weights_and_export(tmp_path, capsys):
+    """predictor-average: a model soup of two runs of one architecture, exportable; other
+    architectures, one checkpoint, or writing over an input are one-line errors."""
+    from tests.conftest import build_tiny_model_dir
+    from vsr.cli import main
+    from vsr.errors import InputError, UsageError
+
+    prior_dir = build_tiny_model_dir(tmp_path / "prior", prediction_type="v_prediction")
+    kw = dict(progress=False, crops=textured_crops())
+    a = tnp.train(tiny_cfg(tmp_path / "a", prior=str(prior_dir)), **kw)
+    b = tnp.train(tiny_cfg(tmp_path / "b", prior=str(prior_dir), seed=7), **kw)
+    ca, cb, soup = tmp_path / "a" / "last.pt", tmp_path / "b" / "last.pt", tmp_path / "soup.pt"
+    assert main(["train", "predictor-average", str(ca), str(cb), "--out", str(soup)]) == 0
+    mean = [(x + y) / 2 for x, y in zip(a.ema_net().parameters(), b.ema_net().parameters())]
+    assert not torch.equal(mean[0], next(a.ema_net().parameters()))  # the two runs differ
+    net, state, _ = tnp._checkpoint_net(soup)
+    for got, want in zip(net.parameters(), mean):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+    assert state["averaged_from"] == [str(ca), str(cb)] and "opt" not in state
+    assert main(["train", "predictor-export", "--checkpoint", str(soup), "--out", str(tmp_path / "m")]) == 0
+    card = yaml.safe_load((tmp_path / "m" / "model_card.yaml").read_text())
+    assert card["noise_predictor"]["training"]["averaged_from"] == [str(ca), str(cb)]
+    capsys.readouterr()
+    wide = tnp.train(tiny_cfg(tmp_path / "w", prior=str(prior_dir), channels=12), **kw)
+    assert wide.step == 4
+    for args, code, words in (
+        ([str(ca), str(tmp_path / "w" / "last.pt")], InputError.exit_code, "another architecture"),
+        ([str(ca)], UsageError.exit_code, "at least 2"),
+        ([str(ca), str(cb), "--out", str(ca)], UsageError.exit_code, "one of the checkpoints"),
+    ):
+        out = [] if "--out" in args else ["--out", str(tmp_path / "x.pt")]
+        assert main(["train", "predictor-average", *args, *out]) == code
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.pt").exists()
+
+
 def test_config_errors_name_the_field(tmp_path):
     from vsr.errors import ConfigError
 
