@@ -228,6 +228,16 @@ def test_pickle_reloads_lazily_and_gives_the_same_output(engine):
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(mem))(img), mem(img))
 
 
+def test_steps_that_do_not_fit_below_the_start_are_said_once(engine, caplog):
+    # t/T 0.001 is t = 1: a second step has no timestep left, so --steps 2 runs one, and says so
+    low = engine.with_config(noise_level=0.001, steps=2)
+    with caplog.at_level("WARNING", logger="vsr.engine"):
+        assert low.timesteps_for(2.0) == (1,) and low.timesteps_for(2.0) == (1,)
+        assert engine.with_config(noise_level=0.002, steps=2).timesteps_for(2.0) == (2, 1)  # fits: nothing said
+    said = [r.getMessage() for r in caplog.records if "leaves room" in r.getMessage()]
+    assert said == ["--steps 2: the start t = 1 at 2x leaves room for 1 DDIM step (raise --noise-level for more)"]
+
+
 def test_noise_levels_timesteps_and_validation(engine, tiny_model_dir):
     # the card's PRF curve: t/T = 0.2 at 2x, 0.4 at 4x
     assert engine.timesteps_for(2.0) == (200,)

@@ -56,6 +56,7 @@ class Upscaler:
         self._reloadable = False  # True when the weights can be reloaded from config.model
         self._noise = noise  # None: built on first use from the config and the model (`noise`)
         self._denoiser: ModelDenoiser | None = None  # built on first use (device, dtype on it)
+        self._fewer_steps_said: set[float] = set()  # scales whose --steps did not fit below the start t (warned)
         if model is not None:
             self._check_tile(model)
 
@@ -98,6 +99,7 @@ class Upscaler:
         self._reloadable = state["reloadable"]
         self._noise = state["noise"]
         self._denoiser = None
+        self._fewer_steps_said = set()
 
     # -- resolved pieces -------------------------------------------------------------
     @property
@@ -177,7 +179,12 @@ class Upscaler:
                     f"expected values below the model's T = {T}"
                 )
             return self.config.timesteps
-        return timestep_set(self.noise_level_for(scale), self.steps, T)
+        ts = timestep_set(self.noise_level_for(scale), self.steps, T)
+        if len(ts) < self.steps and self.config.steps != "auto" and scale not in self._fewer_steps_said:
+            self._fewer_steps_said.add(scale)  # once per scale, not per frame
+            log.warning("--steps %d: the start t = %d at %gx leaves room for %d DDIM step%s (raise --noise-level "
+                        "for more)", self.steps, ts[0], scale, len(ts), "" if len(ts) == 1 else "s")
+        return ts
 
     def noise_level_for(self, scale: float) -> float:
         """The start t/T at an upscaling factor: the config's, or under "auto" the noise
