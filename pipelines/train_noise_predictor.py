@@ -37,6 +37,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -163,13 +164,17 @@ def train(
 def _read_checkpoint(checkpoint: str | Path) -> dict:
     """A noise predictor checkpoint's state (on the CPU); a missing file or another kind of
     file is a one-line InputError."""
+    if Path(checkpoint).is_dir():
+        raise InputError(f"{checkpoint} is a folder: give a run's checkpoint file (RUN/last.pt)")
     if not Path(checkpoint).is_file():
         raise InputError(f"checkpoint not found: {checkpoint}")
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors vary by torch version; all mean "not a checkpoint"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise InputError(f"cannot read checkpoint {checkpoint}: {type(exc).__name__}: {first[:160]}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read checkpoint {checkpoint}: {exc.strerror or exc}") from None
+    except Exception:  # pickle/zip errors vary by torch version (and say little): all mean "not a checkpoint"
+        raise InputError(f"{checkpoint} is not a noise predictor checkpoint (not a file torch.save wrote, "
+                         "or not a weights-only one)") from None
     if not isinstance(state, dict) or not {"config", "net", "ema"} <= set(state):
         raise InputError(f"{checkpoint} is not a noise predictor checkpoint (expected config, net and ema)")
     return state
@@ -192,7 +197,7 @@ def _checkpoint_net(checkpoint: str | Path):
 ARCHITECTURE_FIELDS = ("channels", "num_blocks", "pixel_unshuffle", "emb_dim", "deep_blocks", "deep_channels")
 
 
-def average_checkpoints(checkpoints: list[str | Path], out: str | Path) -> str:
+def average_checkpoints(checkpoints: list[str | Path], out: str | Path, *, overwrite: bool = False) -> str:
     """Write a checkpoint whose weights (net and EMA) are the mean of `checkpoints`'
     (a weight-space ensemble, "model soup": Wortsman et al. 2022, arXiv 2203.05482; for
     fine-tunes of one run, WiSE-FT, arXiv 2109.01903). They must share the architecture
@@ -201,11 +206,20 @@ def average_checkpoints(checkpoints: list[str | Path], out: str | Path) -> str:
     for `predictor-export`, not `--resume`. Written atomically; returns a one-line summary."""
     if len(checkpoints) < 2:
         raise UsageError(f"need at least 2 checkpoints to average, got {len(checkpoints)}")
+    seen: dict[Path, str] = {}
+    for c in checkpoints:
+        if Path(c).resolve() in seen:
+            raise UsageError(f"{c} is given twice ({seen[Path(c).resolve()]}): each checkpoint counts once in the mean")
+        seen[Path(c).resolve()] = str(c)
     out = Path(out)
-    if not out.name or out.is_dir() or not out.resolve().parent.is_dir():
-        raise UsageError(f"--out {str(out)!r}: need a file name in an existing folder")
-    if any(Path(c).resolve() == out.resolve() for c in checkpoints):
+    if not out.name or out.is_dir():
+        raise OutputError(f"--out {str(out)!r}: need a file name, not a folder")
+    if not out.resolve().parent.is_dir():
+        raise OutputError(f"--out {out}: the folder {out.resolve().parent} does not exist")
+    if out.resolve() in seen:
         raise UsageError(f"--out {out} is one of the checkpoints being averaged: write a new file")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise OutputError(f"--out {out} exists: pass --overwrite to replace it")
     states = [_read_checkpoint(c) for c in checkpoints]
     first = states[0]
     def architecture(st: dict) -> str:
@@ -228,20 +242,31 @@ def average_checkpoints(checkpoints: list[str | Path], out: str | Path) -> str:
     state["ema"]["shadow_params"] = [mean(list(ps)) for ps in zip(*shadows)]
     state["wall_s"] = float(sum(s.get("wall_s", 0.0) for s in states))
     state["averaged_from"] = [str(c) for c in checkpoints]
-    _write_atomically(out, out.with_name(out.name + ".partial"), lambda tmp: torch.save(state, tmp), str(out))
+    _write_atomically(out, ".partial", lambda f: torch.save(state, f), str(out))
     return f"wrote {out}: the mean of {len(states)} checkpoints' weights"
 
 
-def _write_atomically(out: Path, tmp: Path, write, shown: str) -> None:
-    """write(tmp), then rename tmp to out: the file appears complete or not at all; an
-    OSError is a one-line OutputError naming `shown`."""
+def _write_atomically(out: Path, suffix: str, write, shown: str) -> None:
+    """write(f) into a new temporary file beside out (a binary file object), then rename
+    it to out: the file appears complete or not at all, with the mode a new file gets
+    (umask), and no file of the user's is touched on the way. An OSError (permissions,
+    a full disk) is a one-line OutputError naming `shown`."""
+    import os
+    import tempfile
+
+    tmp = None
     try:
-        write(tmp)
-        tmp.replace(out)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, out)
+        tmp = None
     except OSError as exc:
         raise OutputError(f"cannot write {shown}: {exc.strerror or exc}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def calibrate(
@@ -343,18 +368,40 @@ def export(
     if tmp.is_symlink() or tmp.is_file() or (tmp.is_dir() and not {p.name for p in tmp.iterdir()} <= EXPORT_FILES):
         raise OutputError(f"{tmp} is in the way (not a partial export of vsr's): move it, then export again")
     shutil.rmtree(tmp, ignore_errors=True)  # an interrupted export's
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         _write_export(tmp, net, state, cfg, checkpoint, location, card_path, do_calibrate=do_calibrate, corpus=corpus,
                       mix=mix, val_max_images=val_max_images, scales=scales, grid=grid, steps=steps,
                       consistency=consistency, device=device)
+        _readable_as_new_files(tmp)
         if out.exists():  # an earlier export (the CLI refuses any other folder)
             shutil.rmtree(out)
         tmp.rename(out)
+    except OSError as exc:  # permissions, a full disk: one line, nothing left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _readable_as_new_files(folder: Path) -> None:
+    """Give every file under folder the mode a new file gets (0666 less the umask):
+    safetensors writes its weights 0600, which another user or a service could not read."""
+    mode = 0o666 & ~_umask()
+    for f in folder.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            f.chmod(mode)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and back: POSIX has no getter)."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -371,6 +418,7 @@ def add_cli(sub) -> None:
     a = sub.add_parser("predictor-average", help="write a checkpoint with the mean weights of several (a model soup)")
     a.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="runs' last.pt, of one architecture")
     a.add_argument("--out", required=True, help="the checkpoint to write, for predictor-export")
+    a.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     e = sub.add_parser("predictor-export", help="write a model folder: the prior plus the predictor's EMA weights")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--out", required=True)
@@ -405,8 +453,7 @@ def pack_for_travel(config: str | Path, out: str | Path, quality: int = 98) -> s
     if out.exists() and out.resolve() == cfg.crops_path.resolve():
         raise UsageError(f"--out {given} is the run's own crops file: write the pack beside it")
     crops = load_or_pack_crops(cfg)
-    _write_atomically(out, out.with_name(out.stem + ".tmp.npz"), lambda tmp: np.savez(tmp, **jpeg_pack(crops, quality)),
-                      given)
+    _write_atomically(out, ".tmp.npz", lambda f: np.savez(f, **jpeg_pack(crops, quality)), given)
     return f"wrote {out}: {len(crops)} crops, {out.stat().st_size / 2**20:.1f} MiB (JPEG q{quality}, 4:4:4)"
 
 
@@ -434,7 +481,7 @@ def run_cli(args) -> int:
         print(pack_for_travel(args.config, args.out, args.quality))
         return 0
     if args.train_command == "predictor-average":
-        print(average_checkpoints(args.checkpoints, args.out))
+        print(average_checkpoints(args.checkpoints, args.out, overwrite=args.overwrite))
         return 0
     if args.train_command == "predictor-export":
         if not Path(args.checkpoint).exists():
@@ -447,5 +494,9 @@ def run_cli(args) -> int:
         print(export(args.checkpoint, args.out, prior=args.prior, do_calibrate=args.calibrate, corpus=args.corpus,
                      mix=args.mix, val_max_images=args.max_images, scales=tuple(args.scales), grid=tuple(args.grid),
                      steps=args.steps, consistency=args.consistency, device=args.device))
+        if not args.calibrate:
+            print("vsr: not calibrated: the engine will start this predictor at the prior's PRF curve with 2 steps "
+                  "and 1 back-projection pass; export with --calibrate for its own start, steps and passes",
+                  file=sys.stderr)
         return 0
     return run_training(args, PredictorTrainConfig, train)

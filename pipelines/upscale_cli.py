@@ -85,7 +85,7 @@ def add_model_args(
     g.add_argument("--config", metavar="FILE", help="engine config YAML, or a preset name from configs/presets/")
     g.add_argument("--model", help="model folder or hub id (default: the shipped prior)")
     g.add_argument("--steps", type=_steps, help=steps_help)
-    g.add_argument("--noise-level", type=_noise_level, help="t/T in (0, 1), or auto (the model's PRF curve)")
+    g.add_argument("--noise-level", type=_noise_level, help="t/T in (0, 1), or auto (the noise predictor's calibrated start, else the model's PRF curve)")
     g.add_argument("--consistency", type=_consistency, metavar="N",
                    help="back-projection passes per step so the output downscales to the input, 0..10 (0 = off), or "
                         "auto (default): the count the model's noise predictor was calibrated with, 1 without one")

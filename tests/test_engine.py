@@ -235,7 +235,7 @@ def test_steps_that_do_not_fit_below_the_start_are_said_once(engine, caplog):
         assert low.timesteps_for(2.0) == (1,) and low.timesteps_for(2.0) == (1,)
         assert engine.with_config(noise_level=0.002, steps=2).timesteps_for(2.0) == (2, 1)  # fits: nothing said
     said = [r.getMessage() for r in caplog.records if "leaves room" in r.getMessage()]
-    assert said == ["--steps 2: the start t = 1 at 2x leaves room for 1 DDIM step (raise --noise-level for more)"]
+    assert said == ["steps 2: the start t = 1 at 2x leaves room for 1 DDIM step, so 1 runs"]
 
 
 def test_noise_levels_timesteps_and_validation(engine, tiny_model_dir):

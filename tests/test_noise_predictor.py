@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -583,12 +584,18 @@ def test_an_export_appears_complete_or_not_at_all(tmp_path, capsys):
     capsys.readouterr()
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def test_averaged_checkpoints_hold_the_mean_weights_and_export(tmp_path, capsys):
     """predictor-average: a model soup of two runs of one architecture, exportable; other
     architectures, one checkpoint, or writing over an input are one-line errors."""
     from tests.conftest import build_tiny_model_dir
     from vsr.cli import main
-    from vsr.errors import InputError, UsageError
+    from vsr.errors import InputError, OutputError, UsageError
 
     prior_dir = build_tiny_model_dir(tmp_path / "prior", prediction_type="v_prediction")
     kw = dict(progress=False, crops=textured_crops())
@@ -603,21 +610,37 @@ def test_averaged_checkpoints_hold_the_mean_weights_and_export(tmp_path, capsys)
         torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
     assert state["averaged_from"] == [str(ca), str(cb)] and "opt" not in state
     assert main(["train", "predictor-export", "--checkpoint", str(soup), "--out", str(tmp_path / "m")]) == 0
+    assert "not calibrated" in capsys.readouterr().err
+    weights = tmp_path / "m" / SUBFOLDER / "diffusion_pytorch_model.safetensors"
+    assert oct(weights.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # readable as any new file, not 0600
     card = yaml.safe_load((tmp_path / "m" / "model_card.yaml").read_text())
     assert card["noise_predictor"]["training"]["averaged_from"] == [str(ca), str(cb)]
     capsys.readouterr()
     wide = tnp.train(tiny_cfg(tmp_path / "w", prior=str(prior_dir), channels=12), **kw)
     assert wide.step == 4
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
     for args, code, words in (
         ([str(ca), str(tmp_path / "w" / "last.pt")], InputError.exit_code, "another architecture"),
         ([str(ca)], UsageError.exit_code, "at least 2"),
+        ([str(ca), str(tmp_path / "a" / ".." / "a" / "last.pt")], UsageError.exit_code, "given twice"),
+        ([str(ca), str(tmp_path / "notes.txt")], InputError.exit_code, "not a noise predictor checkpoint"),
+        ([str(ca), str(tmp_path / "a")], InputError.exit_code, "is a folder"),
         ([str(ca), str(cb), "--out", str(ca)], UsageError.exit_code, "one of the checkpoints"),
+        ([str(ca), str(cb), "--out", str(soup)], OutputError.exit_code, "--overwrite"),
+        ([str(ca), str(cb), "--out", str(tmp_path / "nope" / "x.pt")], OutputError.exit_code, "does not exist"),
     ):
         out = [] if "--out" in args else ["--out", str(tmp_path / "x.pt")]
-        assert main(["train", "predictor-average", *args, *out]) == code
+        assert main(["train", "predictor-average", *args, *out]) == code, args
         err = capsys.readouterr().err
-        assert words in err and len(err.strip().splitlines()) == 1
+        assert words in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "x.pt").exists()
+    assert main(["train", "predictor-average", str(cb), str(ca), "--out", str(soup), "--overwrite"]) == 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+    assert oct(soup.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    # a place the export cannot write (under a file: the OS refuses, as for a read-only or full disk)
+    with pytest.raises(OutputError, match="cannot write"):
+        tnp.export(soup, tmp_path / "notes.txt" / "m")
+    assert (tmp_path / "notes.txt").read_text() == "not a checkpoint"
 
 
 def test_config_errors_name_the_field(tmp_path):

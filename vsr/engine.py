@@ -182,8 +182,9 @@ class Upscaler:
         ts = timestep_set(self.noise_level_for(scale), self.steps, T)
         if len(ts) < self.steps and self.config.steps != "auto" and scale not in self._fewer_steps_said:
             self._fewer_steps_said.add(scale)  # once per scale, not per frame
-            log.warning("--steps %d: the start t = %d at %gx leaves room for %d DDIM step%s (raise --noise-level "
-                        "for more)", self.steps, ts[0], scale, len(ts), "" if len(ts) == 1 else "s")
+            n = len(ts)
+            log.warning("steps %d: the start t = %d at %gx leaves room for %d DDIM step%s, so %d run%s", self.steps,
+                        ts[0], scale, n, "" if n == 1 else "s", n, "s" if n == 1 else "")
         return ts
 
     def noise_level_for(self, scale: float) -> float:
