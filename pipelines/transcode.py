@@ -159,7 +159,7 @@ def upscale_video(
             encode = EncodeOptions(**encode)
         except TypeError as exc:
             raise UsageError(f"encode: {exc}; fields are {', '.join(f.name for f in dataclasses.fields(EncodeOptions))}") from None
-    settings = (encode or EncodeOptions()).settings(info)
+    settings = (encode or EncodeOptions()).settings(info, dst)
     check_output_path(source, dst, overwrite, resume)
     fmt = io.StreamFormat(
         settings=settings,

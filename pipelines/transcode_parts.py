@@ -74,16 +74,19 @@ class EncodeOptions:
     options: extra codec options (`--encoder-opt k=v`), passed to FFmpeg verbatim.
     """
 
-    codec: str = "libx264"
+    codec: str | None = None
     crf: float | None = None
     preset: str | None = None
     pix_fmt: str | None = None
     ten_bit: bool = False
     options: dict[str, str] | tuple[tuple[str, str], ...] = ()
 
-    def settings(self, info: io.VideoInfo) -> io.EncoderSettings:
-        """Defaults: crf 18; preset medium for x264/x265; yuv420p, or the codec's 10-bit
-        4:2:0 format when asked (`--10bit`) or when the input has more than 8 bits."""
+    def settings(self, info: io.VideoInfo, dst: str | Path | None = None) -> io.EncoderSettings:
+        """Defaults: the codec for dst's container (`io.default_codec`: libx264, VP9 in
+        .webm); crf 18; preset medium for x264/x265; yuv420p, or the codec's 10-bit 4:2:0
+        format when asked (`--10bit`) or when the input has more than 8 bits."""
+        if self.codec is None:
+            return dataclasses.replace(self, codec=io.default_codec(dst)).settings(info)
         io.check_codec(self.codec)
         io.check_crf(self.codec, self.crf)
         pix_fmt = self.pix_fmt

@@ -116,7 +116,7 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", metavar="OUT", help="output video; the container follows the extension (.mp4, .mkv, .mov, .webm, .ts)")
     g = add_size_args(parser)
     g = parser.add_argument_group("encoder")
-    g.add_argument("--codec", default="libx264", help="video encoder: libx264 (default), libx265, libsvtav1, libvpx-vp9, ...")
+    g.add_argument("--codec", help="video encoder: libx264 (default; libvpx-vp9 for .webm), libx265, libsvtav1, libvpx-vp9, ...")
     g.add_argument("--crf", type=float, help="constant quality (default 18; lower = better and bigger)")
     g.add_argument("--preset", help="encoder speed preset (default medium for x264/x265)")
     g.add_argument("--pix-fmt", help="output pixel format (default yuv420p, 10-bit for 10-bit input, the codec's alpha format "

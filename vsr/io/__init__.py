@@ -19,6 +19,7 @@ from vsr.io.encoder import (
     check_crf,
     check_encoder,
     check_encoder_opens,
+    default_codec,
     merge_encoder_options,
     holds_alpha,
     needs_global_header,
@@ -34,6 +35,6 @@ from vsr.io.source import DEFAULT_RATE, HDR10, Colour, StreamInfo, VideoInfo, ha
 __all__ = [
     "CRF_RANGES", "DEFAULT_RATE", "DEINTERLACE", "HDR10", "MAGIC", "X26X_PRESETS", "Colour", "EncoderSettings", "FrameIndex", "SeekPoint",
     "SegmentWriter", "StreamFormat", "StreamInfo", "VideoInfo", "assemble", "check_codec", "check_crf", "check_encoder",
-    "check_encoder_opens", "merge_encoder_options", "check_output", "decode", "alpha_format", "has_alpha", "holds_alpha", "file_sha256", "is_live", "is_url", "needs_global_header",
+    "check_encoder_opens", "default_codec", "merge_encoder_options", "check_output", "decode", "alpha_format", "has_alpha", "holds_alpha", "file_sha256", "is_live", "is_url", "needs_global_header",
     "probe", "read_segment", "route_ffmpeg_logs", "scan", "ten_bit_format", "video_encoders",
 ]

@@ -154,6 +154,18 @@ def video_encoders() -> list[str]:
     return names
 
 
+def default_codec(dst: str | Path | None = None) -> str:
+    """The video encoder when none is named, as FFmpeg picks one per muxer: libx264, or
+    for .webm (VP8, VP9 and AV1 only) the first of libvpx-vp9, libsvtav1, libaom-av1 and
+    libvpx this FFmpeg has (FFmpeg's webm default is VP9 where libvpx is built in)."""
+    if dst is not None and Path(dst).suffix.lower() == ".webm":
+        have = video_encoders()
+        for name in ("libvpx-vp9", "libsvtav1", "libaom-av1", "libvpx"):
+            if name in have:
+                return name
+    return "libx264"
+
+
 def check_codec(name: str) -> None:
     """Raise CodecError (one line, what to do) if `name` is not a video encoder here."""
     try:
