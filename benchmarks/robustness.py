@@ -5,7 +5,7 @@
 Every case runs `python -m vsr.cli upscale ...` as a subprocess, with a tiny random-init
 model this script builds (so a case costs seconds, not minutes), on a tiny input the case
 makes. The verdict of a case: the exit code it must have, no traceback on stderr (every
-line `vsr: ...` or a `WARNING` log line), no partial file left (no `.part`/`.tmp`, no OUT
+line `vsr: ...` or a `vsr: warning:` log line), no partial file left (no `.part`/`.tmp`, no OUT
 from a failed run, no work folder unless the run is meant to be resumable), and the
 case's own check (a victim file untouched, a resumed file equal to an uninterrupted one,
 no code run by a crafted file). One line per case, then the count.
@@ -506,7 +506,7 @@ def verdict(expect: int, outcome: Outcome, d: Path) -> str | None:
     if "Traceback" in proc.stderr:
         return "a traceback on stderr"
     lines = proc.stderr.strip().splitlines()
-    stray = [x for x in lines if not x.startswith(("vsr: ", "WARNING "))]
+    stray = [x for x in lines if not x.startswith("vsr: ")]
     if stray:
         return f"stderr line not from vsr: {stray[0][:160]!r}"
     if expect != 0 and not (lines and lines[-1].startswith("vsr: ")):

@@ -46,12 +46,12 @@ def _run(args: list, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
 
 def _assert_one_line(proc: subprocess.CompletedProcess, code: int, *words: str) -> str:
     """Exit `code`, no traceback, and the last stderr line is `vsr: ...` naming `words`
-    (earlier lines may only be WARNING log lines)."""
+    (earlier lines may only be `vsr: warning:` log lines)."""
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == code, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr, proc.stderr
     assert err and err[-1].startswith("vsr: "), proc.stderr
-    assert all(line.startswith(("vsr: ", "WARNING ")) for line in err), proc.stderr
+    assert all(line.startswith("vsr: ") for line in err), proc.stderr
     for w in words:
         assert w in err[-1], (w, err[-1])
     return err[-1]

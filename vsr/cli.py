@@ -186,14 +186,22 @@ def _as_typed(exc: VsrError, args: argparse.Namespace | None) -> str:
     return str(exc)
 
 
+class _PlainFormatter(logging.Formatter):
+    """A log line as the CLI's own lines read: "vsr: warning: message" (the logger's
+    name and the traceback only with --debug)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"vsr: {record.levelname.lower()}: {record.getMessage()}"
+
+
 def _dispatch(argv: list[str], command: str | None, as_program: bool) -> int:
     """Run the command; a `VsrError` becomes its one line and exit code, a bug one line
     and exit 1 (the traceback with --debug)."""
     # --debug belongs before the command; after it, it is a usage error shown as one line
     debug = "--debug" in (argv[: argv.index(command)] if command else argv)
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler()  # stderr; warnings as "vsr: warning: ...", the logger's name with --debug
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s") if debug else _PlainFormatter())
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])
     args = None
     try:
         parser = build_parser(command if command in COMMANDS else None)
