@@ -271,3 +271,48 @@ def test_a_value_x265_refuses_is_one_line_naming_the_option(clip, tmp_path, tiny
 def test_encoder_option_without_a_key_is_a_usage_error(clip, tmp_path, capfd):
     code, err = run(["upscale", str(clip), str(tmp_path / "o.mp4"), "--encoder-opt", "=1"], capfd)
     assert_one_line(code, err, EXIT_USAGE, "key=value")
+
+
+_REWRAPPED_INTERRUPT = """
+import argparse, os, signal, sys, time
+from vsr import cli
+
+
+def run(args):
+    interrupted = False
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands during a library's import ...
+        time.sleep(30)
+    except KeyboardInterrupt:
+        interrupted = True
+    if interrupted:  # ... which raises its own error instead ({chained}: diffusers' lazy import does)
+        if {chained}:
+            raise RuntimeError("Failed to import diffusers.models.unets.unet_2d: initialization failed")
+        raise RuntimeError("initialization failed") from None
+
+
+class Parser(argparse.ArgumentParser):
+    def parse_args(self, argv=None):
+        return argparse.Namespace(_run=run)
+
+
+cli.build_parser = lambda command: Parser()
+sys.argv = ["vsr", "upscale"]
+sys.exit(cli.main())
+"""
+
+
+@pytest.mark.parametrize("chained", [True, False])
+def test_an_interrupt_a_library_rewraps_is_still_exit_130(chained):
+    # seen in CI: SIGINT while diffusers imported an extension module came out as
+    # "internal error: RuntimeError: Failed to import ...: initialization failed", exit 1
+    import subprocess
+    import sys
+
+    from tests.conftest import child_env
+    from vsr.errors import EXIT_INTERRUPTED
+
+    proc = subprocess.run([sys.executable, "-c", _REWRAPPED_INTERRUPT.format(chained=chained)], env=child_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == EXIT_INTERRUPTED, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["vsr: interrupted"]

@@ -120,7 +120,8 @@ def signals_handled(signals: Iterable[int], handler: Callable[[int, Any], Any]) 
         yield
     finally:
         for sig, previous in old.items():
-            signal.signal(sig, previous)
+            if signal.getsignal(sig) is handler:  # changed meanwhile (ignored once the work is done): keep that
+                signal.signal(sig, previous)
 
 
 def _ignore_further_interrupts() -> None:
@@ -160,14 +161,39 @@ def _out_of_memory(exc: BaseException) -> bool:
     return bool(sys.modules["vsr.device"].is_out_of_memory(exc))
 
 
+_INTERRUPTS: list[int] = []  # SIGINT/SIGTERM received by the process (`_interrupt`), in order
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """Record the signal, then interrupt as Ctrl-C does (KeyboardInterrupt). A library may
+    catch that and raise something else: diffusers' lazy imports turn a KeyboardInterrupt
+    in an extension module's start-up into "RuntimeError: Failed to import ...:
+    initialization failed"; `_dispatch` still reports such a run as interrupted."""
+    import signal
+
+    _INTERRUPTS.append(signum)
+    signal.default_int_handler(signum, frame)
+
+
+def _interrupted_underneath(exc: BaseException) -> bool:
+    """True when exc came out of an interrupt: one was received, or its chain holds one."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return bool(_INTERRUPTS)
+
+
 def main(argv: list[str] | None = None) -> int:
     as_program = argv is None  # the process itself (not a call from Python): it may set signal handlers
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     import signal
 
-    # imports take seconds: a SIGTERM meanwhile interrupts as Ctrl-C does, not kills (-15)
-    with signals_handled((signal.SIGTERM,), signal.default_int_handler) if as_program else contextlib.nullcontext():
+    # imports take seconds: a SIGTERM meanwhile interrupts as Ctrl-C does, not kills (-15); both are
+    # recorded, so an interrupt that a library turns into another error is still exit 130
+    with signals_handled((signal.SIGTERM, signal.SIGINT), _interrupt) if as_program else contextlib.nullcontext():
         code = _dispatch(argv, command, as_program)
         if as_program and command in EXIT_AT_ONCE:
             _exit_now(code)
@@ -223,23 +249,15 @@ def _dispatch(argv: list[str], command: str | None, as_program: bool) -> int:
             _exit_interrupted()
         return exc.exit_code
     except KeyboardInterrupt:
-        if as_program:
-            _ignore_further_interrupts()
-        if command == "stream":  # stopped while starting: nothing was written, a stop is exit 0
-            print("vsr stream: stopped before the stream started", file=sys.stderr)
-            return EXIT_OK
-        resumable = command in RESUMABLE and (args is None or hasattr(args, "resume"))
-        hint = " (rerun with --resume to continue)" if resumable else ""
-        print(f"vsr: interrupted{hint}", file=sys.stderr)
-        if as_program:
-            _exit_interrupted()
-        return EXIT_INTERRUPTED
+        return _report_interrupt(command, args, as_program)
     except MemoryError:
         if debug:
             raise
         print("vsr: out of memory: lower --batch, --tile or the output size (--target, --scale)", file=sys.stderr)
         return EXIT_RESOURCES
     except Exception as exc:  # a bug: still one line unless --debug
+        if as_program and _interrupted_underneath(exc):  # Ctrl-C that a library re-raised as its own error
+            return _report_interrupt(command, args, as_program)
         if debug:
             raise
         if _out_of_memory(exc):  # torch's allocators raise RuntimeError subclasses
@@ -247,6 +265,22 @@ def _dispatch(argv: list[str], command: str | None, as_program: bool) -> int:
             return EXIT_RESOURCES
         print(f"vsr: internal error: {type(exc).__name__}: {_one_line(str(exc))} (rerun with --debug)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _report_interrupt(command: str | None, args: argparse.Namespace | None, as_program: bool) -> int:
+    """Interrupted (Ctrl-C, SIGTERM): one line, with the resume hint where the command has
+    --resume, and exit 130 (0 for a stream stopped before it started)."""
+    if as_program:
+        _ignore_further_interrupts()
+    if command == "stream":  # stopped while starting: nothing was written, a stop is exit 0
+        print("vsr stream: stopped before the stream started", file=sys.stderr)
+        return EXIT_OK
+    resumable = command in RESUMABLE and (args is None or hasattr(args, "resume"))
+    hint = " (rerun with --resume to continue)" if resumable else ""
+    print(f"vsr: interrupted{hint}", file=sys.stderr)
+    if as_program:
+        _exit_interrupted()
+    return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
