@@ -47,6 +47,7 @@ import yaml
 
 from vsr.core.resample import resample  # noqa: F401 - re-exported: its old home
 from vsr.errors import InputError, OutputError, UsageError
+from vsr.jobs.files import write_new_file
 
 from .predictor_config import PredictorTrainConfig, build_predictor
 from .prior_model import add_training_args, run_training
@@ -194,9 +195,6 @@ def _checkpoint_net(checkpoint: str | Path):
     return net.eval(), state, cfg
 
 
-ARCHITECTURE_FIELDS = ("channels", "num_blocks", "pixel_unshuffle", "emb_dim", "deep_blocks", "deep_channels")
-
-
 def average_checkpoints(checkpoints: list[str | Path], out: str | Path, *, overwrite: bool = False) -> str:
     """Write a checkpoint whose weights (net and EMA) are the mean of `checkpoints`'
     (a weight-space ensemble, "model soup": Wortsman et al. 2022, arXiv 2203.05482; for
@@ -218,13 +216,11 @@ def average_checkpoints(checkpoints: list[str | Path], out: str | Path, *, overw
         raise OutputError(f"--out {out}: the folder {out.resolve().parent} does not exist")
     if out.resolve() in seen:
         raise UsageError(f"--out {out} is one of the checkpoints being averaged: write a new file")
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise OutputError(f"--out {out} exists: pass --overwrite to replace it")
     states = [_read_checkpoint(c) for c in checkpoints]
     first = states[0]
-    def architecture(st: dict) -> str:
-        cfg = PredictorTrainConfig.from_dict(st["config"])
-        return ", ".join(f"{k} {getattr(cfg, k)}" for k in ARCHITECTURE_FIELDS) + f", schedule {st.get('schedule')}"
+    def architecture(st: dict) -> str:  # the NoisePredictor config the checkpoint builds (schedule included)
+        net_cfg = build_predictor(PredictorTrainConfig.from_dict(st["config"]), *st.get("schedule", ())).config
+        return ", ".join(f"{k} {v}" for k, v in sorted(net_cfg.items()) if not k.startswith("_"))
 
     for c, st in zip(checkpoints[1:], states[1:]):
         if architecture(st) != architecture(first):
@@ -242,31 +238,17 @@ def average_checkpoints(checkpoints: list[str | Path], out: str | Path, *, overw
     state["ema"]["shadow_params"] = [mean(list(ps)) for ps in zip(*shadows)]
     state["wall_s"] = float(sum(s.get("wall_s", 0.0) for s in states))
     state["averaged_from"] = [str(c) for c in checkpoints]
-    _write_atomically(out, ".partial", lambda f: torch.save(state, f), str(out))
+    write_new_file(out, _serialised(lambda f: torch.save(state, f)), replace=overwrite)
     return f"wrote {out}: the mean of {len(states)} checkpoints' weights"
 
 
-def _write_atomically(out: Path, suffix: str, write, shown: str) -> None:
-    """write(f) into a new temporary file beside out (a binary file object), then rename
-    it to out: the file appears complete or not at all, with the mode a new file gets
-    (umask), and no file of the user's is touched on the way. An OSError (permissions,
-    a full disk) is a one-line OutputError naming `shown`."""
-    import os
-    import tempfile
+def _serialised(write) -> bytes:
+    """What write(f) writes into a binary file object, as bytes (for `write_new_file`)."""
+    import io
 
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, out)
-        tmp = None
-    except OSError as exc:
-        raise OutputError(f"cannot write {shown}: {exc.strerror or exc}") from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+    buf = io.BytesIO()
+    write(buf)
+    return buf.getvalue()
 
 
 def calibrate(
@@ -387,21 +369,12 @@ def export(
 
 
 def _readable_as_new_files(folder: Path) -> None:
-    """Give every file under folder the mode a new file gets (0666 less the umask):
-    safetensors writes its weights 0600, which another user or a service could not read."""
-    mode = 0o666 & ~_umask()
+    """Give every file under folder 0644, as vsr creates its files (`vsr.jobs.files.
+    create_exclusive`): safetensors writes its weights 0600, which another user or a
+    service could not read."""
     for f in folder.rglob("*"):
         if f.is_file() and not f.is_symlink():
-            f.chmod(mode)
-
-
-def _umask() -> int:
-    """The process's umask (read by setting it and back: POSIX has no getter)."""
-    import os
-
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
+            f.chmod(0o644)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -453,7 +426,7 @@ def pack_for_travel(config: str | Path, out: str | Path, quality: int = 98) -> s
     if out.exists() and out.resolve() == cfg.crops_path.resolve():
         raise UsageError(f"--out {given} is the run's own crops file: write the pack beside it")
     crops = load_or_pack_crops(cfg)
-    _write_atomically(out, ".tmp.npz", lambda f: np.savez(f, **jpeg_pack(crops, quality)), given)
+    write_new_file(out, _serialised(lambda f: np.savez(f, **jpeg_pack(crops, quality))), replace=True)
     return f"wrote {out}: {len(crops)} crops, {out.stat().st_size / 2**20:.1f} MiB (JPEG q{quality}, 4:4:4)"
 
 
