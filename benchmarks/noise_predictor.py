@@ -9,7 +9,10 @@
    with shared Gaussian noise at the card's PRF, and vsr with the predictor at its
    calibrated start t: Y-PSNR, GMSD, hf (Laplacian energy over the truth's,
    benchmarks.prior's sharpness) and band (luma energy above the input's Nyquist over
-   the truth's).
+   the truth's). `--degrade` scores inputs as real video has them instead: blur:SIGMA
+   (Gaussian, HR pixels, before the downscale), jpeg:QUALITY or h264:CRF (the 8-bit input
+   through OpenCV's JPEG or a one-frame libx264 stream), the training degradations
+   (pipelines/predictor_data.py) at one fixed strength.
 2. Temporal: a panning clip cut from each held-out photograph (a window moving 1.5 px
    right and 0.5 px down per frame at the output resolution, made by resampling, so the
    motion is sub-pixel as in real video), downscaled like (1). Warping error (Lai et al.
@@ -67,9 +70,41 @@ def _dat_light(scale: float) -> Callable[[np.ndarray], np.ndarray] | str:
         return str(exc)
 
 
+def parse_degradation(text: str | None) -> tuple[str, float] | None:
+    """'blur:1.0' / 'jpeg:75' / 'h264:28' -> (kind, value); None or 'none' -> None.
+    Raises SystemExit with a one-line message for anything else."""
+    if text in (None, "none"):
+        return None
+    kind, _, value = text.partition(":")
+    limits = {"blur": (0.1, 5.0), "jpeg": (1, 100), "h264": (0, 51)}
+    try:
+        v = float(value)
+    except ValueError:
+        v = math.nan
+    if kind not in limits or not limits[kind][0] <= v <= limits[kind][1]:
+        raise SystemExit(f"--degrade {text!r}: need none, blur:SIGMA (0.1-5), jpeg:QUALITY (1-100) or h264:CRF (0-51)")
+    return kind, v
+
+
+def low_resolution(hr: torch.Tensor, n: int, degradation: tuple[str, float] | None = None) -> torch.Tensor:
+    """(N, 3, n, n) 8-bit values in [0, 1]: hr (N, 3, H, W) [0, 1] downscaled by antialiased
+    bicubic, after a blur or followed by JPEG / H.264 when `degradation` says so."""
+    from vsr.pipelines.predictor_data import gaussian_blur, h264_roundtrip, jpeg_roundtrip
+
+    kind, value = degradation or ("none", 0.0)
+    if kind == "blur":
+        hr = gaussian_blur(hr, value)
+    low = (resample(hr, (n, n)).clamp(0, 1) * 255).round() / 255
+    if kind in ("jpeg", "h264"):
+        trip = jpeg_roundtrip if kind == "jpeg" else h264_roundtrip
+        rgb = [trip(np.ascontiguousarray(x), int(value)) for x in _u8(low * 2 - 1)]
+        low = torch.from_numpy(np.stack(rgb)).permute(0, 3, 1, 2).float() / 255
+    return low
+
+
 def fidelity(
     model_dir: str, corpus: str, scales: list[float], steps: int | str, max_images: int = 16,
-    predictor_steps: tuple[int, ...] = (), keep: bool = False,
+    predictor_steps: tuple[int, ...] = (), keep: bool = False, degradation: tuple[str, float] | None = None,
 ) -> dict:
     """Scores per scale (see the module docstring); with keep, also the uint8 outputs
     under out["images"][scale][method] (lists of HxWx3) for `mosaic`."""
@@ -79,7 +114,7 @@ def fidelity(
     kept: dict = {}
     for s in scales:
         n = round(256 / s)
-        low = (resample(hr, (n, n)).clamp(0, 1) * 255).round() / 255
+        low = low_resolution(hr, n, degradation)
         up = resample(low * 2 - 1, (256, 256))
         imgs = {"bicubic": _u8(up), "bicubic+bp": _u8(back_project(up, low * 2 - 1, 1))}
         row = {k: _scores(v, refs, s) for k, v in imgs.items()}
@@ -200,13 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--mosaic", help="write PREFIX-2x.png, PREFIX-4x.png: crops of bicubic, DAT-light, vsr "
                                      "before (no predictor), vsr now, truth")
+    ap.add_argument("--degrade", default="none",
+                    help="score inputs degraded as video is: blur:SIGMA, jpeg:QUALITY or h264:CRF (default none)")
     ap.add_argument("--mosaic-images", type=int, nargs="+",
                     help="which held-out images (default: the three with the most detail in the truth)")
     args = ap.parse_args(argv)
+    degradation = parse_degradation(args.degrade)
     fid = fidelity(args.model, args.corpus, args.scales, args.steps, args.max_images, predictor_steps=tuple(args.predictor_steps),
-                   keep=bool(args.mosaic))
+                   keep=bool(args.mosaic), degradation=degradation)
     images = fid.pop("images", {})
-    result = {"model": args.model, "steps": args.steps, "fidelity": fid}
+    result = {"model": args.model, "steps": args.steps, "degrade": args.degrade, "fidelity": fid}
     print(json.dumps(result["fidelity"], indent=1))
     if args.mosaic:
         import cv2

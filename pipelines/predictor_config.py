@@ -36,6 +36,7 @@ class PredictorTrainConfig(YamlConfig):
     emb_dim: int = 64
     deep_blocks: int = 0  # blocks of the coarse branch at H/(2 pixel_unshuffle) (0: none)
     deep_channels: int = 64
+    scale_features: int = 0  # Fourier features of log2(scale) the predictor is conditioned on (0: blind to the scale)
     # sampler
     crop: int = 128
     scale_min: float = 1.5
@@ -125,6 +126,7 @@ class PredictorTrainConfig(YamlConfig):
             ("channels", self.channels >= 1, ">= 1"),
             ("num_blocks", self.num_blocks >= 1, ">= 1"),
             ("emb_dim", self.emb_dim >= 2 and self.emb_dim % 2 == 0, "an even number >= 2"),
+            ("scale_features", self.scale_features >= 0 and self.scale_features % 2 == 0, "an even number >= 0"),
             ("crop", self.crop >= 16, ">= 16"),
             ("consistency", self.consistency >= 0, ">= 0"),
             ("jpeg_quality", 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100, "[low, high] within 1..100"),
@@ -151,6 +153,7 @@ def build_predictor(cfg: PredictorTrainConfig, num_train_timesteps: int = 1000, 
 
     return NoisePredictor(
         channels=cfg.channels, num_blocks=cfg.num_blocks, pixel_unshuffle=cfg.pixel_unshuffle, emb_dim=cfg.emb_dim,
-        deep_blocks=cfg.deep_blocks, deep_channels=cfg.deep_channels, num_train_timesteps=num_train_timesteps,
+        deep_blocks=cfg.deep_blocks, deep_channels=cfg.deep_channels, scale_features=cfg.scale_features,
+        num_train_timesteps=num_train_timesteps,
         beta_schedule=beta_schedule,
     )

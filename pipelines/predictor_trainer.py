@@ -127,6 +127,7 @@ def evaluate(
         low01 = (low01 * 255).round() / 255  # 8-bit input, as the engine gets it
         low = (low01 * 2 - 1).to(device)
         up = resample(low, (H, W))
+        factor = math.sqrt(H / low.shape[-2] * W / low.shape[-1])  # as Engine.scale_for
         row: dict = {}
         if baselines:
             row["bicubic"] = _scores(_u8(up), refs, s)
@@ -135,7 +136,7 @@ def evaluate(
             ts = timestep_set(float(lv), steps, T)
             outs = []
             for i in range(len(hr)):  # one frame at a time, as PredictedNoise runs it
-                eps = predictor(up[i : i + 1], ts[0])
+                eps = predictor(up[i : i + 1], ts[0], factor)
                 outs.append(diffsr.upscale(denoiser, low[i : i + 1], up[i : i + 1], eps, ts, alphas_cumprod,
                                            consistency=consistency))
             row[f"t={lv}"] = _scores(_u8(torch.cat(outs)), refs, s)
@@ -214,12 +215,22 @@ class PredictorTrainer:
 
     def init_from(self, state: dict) -> None:
         """Start from another run's EMA weights (a warm start, e.g. on a larger corpus):
-        the optimiser, step, LR schedule and random stream start afresh."""
-        self.net.load_state_dict(state["net"])
-        shadow = state["ema"]["shadow_params"]
+        the optimiser, step, LR schedule and random stream start afresh. A network blind to
+        the scale may warm-start one conditioned on it: the scale layer (`scale_emb`,
+        zero-initialised, so the output starts the same) is the only weight it may lack."""
+        try:
+            missing, unexpected = self.net.load_state_dict(state["net"], strict=False)
+        except RuntimeError as exc:  # torch's size mismatch: one line of it
+            raise ConfigError(f"init_checkpoint: its network does not fit this config's: "
+                              f"{str(exc).splitlines()[-1].strip()}") from None
+        if unexpected or any(not k.startswith("scale_emb.") for k in missing):
+            raise ConfigError(f"init_checkpoint: its network does not fit this config's (missing "
+                              f"{', '.join(missing) or 'nothing'}; unexpected {', '.join(unexpected) or 'nothing'})")
+        shadow = dict(zip(state["net"], state["ema"]["shadow_params"]))  # parameters in state-dict order
         with torch.no_grad():
-            for p, s in zip(self.net.parameters(), shadow):
-                p.copy_(s)
+            for name, p in self.net.named_parameters():
+                if name in shadow:
+                    p.copy_(shadow[name])
         from diffusers.training_utils import EMAModel
 
         self.ema = EMAModel(self.net.parameters(), decay=self.cfg.ema_decay)
@@ -241,7 +252,7 @@ class PredictorTrainer:
 
         hr, low = hr.to(self.device) * 2 - 1, low.to(self.device) * 2 - 1
         up = resample(low, tuple(hr.shape[-2:]))
-        eps = self.net(up, t)
+        eps = self.net(up, t, math.sqrt(hr.shape[-2] / low.shape[-2] * hr.shape[-1] / low.shape[-1]))
         if direct:
             x_t = add_noise(up, eps, t, self.alphas_cumprod)
             out = back_project(x_t, low, self.cfg.consistency) if self.cfg.consistency else x_t

@@ -146,6 +146,53 @@ def test_round_trip_through_a_model_folder(tmp_path):
     assert load_noise_predictor(tmp_path / "empty") is None
 
 
+
+def test_a_scale_conditioned_predictor_starts_as_the_blind_one_and_then_depends_on_the_scale(tmp_path):
+    from vsr.models.noise_predictor import scale_features_of
+
+    blind = tiny_predictor(deep_blocks=1)
+    for block in [*blind.blocks, *blind.deep]:  # FiLM in the path, so the embedding matters
+        torch.nn.init.normal_(block.film.weight, std=0.3)
+    torch.manual_seed(1)
+    told = NoisePredictor(**{**blind.config, "scale_features": 6})
+    missing, unexpected = told.load_state_dict(blind.state_dict(), strict=False)
+    assert sorted(missing) == ["scale_emb.bias", "scale_emb.weight"] and not unexpected
+    # the new layer is registered last: the blind network's parameters keep their order
+    assert [n for n, _ in told.named_parameters()][:-2] == [n for n, _ in blind.named_parameters()]
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    for s in (1.5, 2.0, 4.0, 8.0):  # zero-initialised: exactly the blind network's output
+        assert torch.equal(told(x, 7, s), blind(x, 7))
+    with pytest.raises(ValueError, match="upscaling factor"):
+        told(x, 7)
+    for bad in (1.0, 0.5, float("nan"), [2.0, 2.0, 2.0]):
+        with pytest.raises(ValueError, match="scale"):
+            told(x, 7, bad)
+    assert torch.equal(blind(x, 7, 3.0), blind(x, 7))  # a blind network ignores it
+    with torch.no_grad():
+        torch.nn.init.normal_(told.scale_emb.weight, std=0.5)
+    two, four = told(x, 7, 2.0), told(x, 7, 4.0)
+    assert not torch.allclose(two, four)
+    # per-sample factors: each sample gets its own; the features are smooth and distinct in 1-16
+    assert torch.equal(told(x, 7, torch.tensor([2.0, 4.0]))[0], two[0])
+    assert torch.allclose(told(x, 7, torch.tensor([2.0, 4.0]))[1], four[1], atol=1e-6)
+    f = scale_features_of(torch.tensor([1.0, 2.0, 2.001, 16.0]), 8)
+    assert f.shape == (4, 8) and torch.allclose(f[0], torch.tensor([0.0] * 4 + [1.0] * 4))
+    assert (f[1] - f[2]).abs().max() < 1e-2 and (f[0] - f[3]).abs().max() > 0.5
+    told.save_pretrained(tmp_path / SUBFOLDER)
+    back = NoisePredictor.from_pretrained(str(tmp_path), subfolder=SUBFOLDER, low_cpu_mem_usage=False)
+    assert back.config.scale_features == 6 and torch.equal(back(x, 7, 2.0), two)
+    # as a noise source it reads the factor from the context, and refuses a context without one
+    src = PredictedNoise(told)
+    frames = x[:1]
+    with_two = src(dataclasses.replace(_ctx(frames, [0], t=7), scale=2.0))
+    assert torch.allclose(with_two, told(frames, 7, 2.0), rtol=1e-5, atol=1e-4)  # NHWC on the CPU: rounding only
+    assert not torch.allclose(src(dataclasses.replace(_ctx(frames, [0], t=7), scale=4.0)), with_two, atol=1e-2)
+    with pytest.raises(ModelError, match="upscaling factor"):
+        src(_ctx(frames, [0], t=7))
+    with pytest.raises(ValueError, match="even"):
+        NoisePredictor(scale_features=3)
+
+
 # ----------------------------------------------------------------------------- the source
 
 
@@ -459,6 +506,16 @@ def test_a_warm_start_begins_from_the_other_runs_ema_weights_with_a_fresh_optimi
     tnp.train(tiny_cfg(tmp_path / "b", init_checkpoint=str(tmp_path / "a" / "last.pt")), stop_at=2, resume=True, **kw)
     resumed = tnp.train(tiny_cfg(tmp_path / "b", init_checkpoint=str(tmp_path / "a" / "last.pt")), resume=True, **kw)
     assert resumed.step == 4 and not torch.equal(_params(resumed), ema)
+    # a blind run warm-starts one told the scale: same weights, a zero scale layer, same output
+    told = tnp.train(tiny_cfg(tmp_path / "c", init_checkpoint=str(tmp_path / "a" / "last.pt"), scale_features=4),
+                     stop_at=0, **kw)
+    assert torch.equal(_params(told)[: ema.numel()], ema) and not _params(told)[ema.numel():].any()
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    assert torch.equal(told.ema_net()(x, 30, 2.5), first.ema_net()(x, 30))
+    # but not another architecture
+    with pytest.raises(ConfigError, match="init_checkpoint"):
+        tnp.train(tiny_cfg(tmp_path / "d", init_checkpoint=str(tmp_path / "a" / "last.pt"), channels=6),
+                  stop_at=0, **kw)
 
 
 def test_validation_and_export(tmp_path):

@@ -245,12 +245,13 @@ class Upscaler:
         n, _, h, w = x.shape
         H, W = self.output_size(h, w)
         indices = list(range(n)) if indices is None else list(indices)
-        ts = self.timesteps_for(self.scale_for(h, w))
+        scale = self.scale_for(h, w)
+        ts = self.timesteps_for(scale)
         # 1. the input and its resize to the target, in [-1, 1]
         x = x.to(den.device, torch.float32)
         low, upsampled = x * 2.0 - 1.0, resize(x, H, W) * 2.0 - 1.0
         # 2. the noise to inject at the start timestep, from the noise source
-        ctx = NoiseContext(tuple(indices), low, upsampled, ts[0], ac, previous, dtype=den.dtype)
+        ctx = NoiseContext(tuple(indices), low, upsampled, ts[0], ac, previous, dtype=den.dtype, scale=scale)
         eps = self.noise(ctx).to(den.device)
         # 3. the method (Diff-SR: noise injection, DDIM, back-projection) on whole frames;
         #    the denoiser runs the model on tiles and blends their x0 at every step

@@ -37,11 +37,17 @@ GPU's compute; the first (r = 4, C = 64: 1.43 GMACs, 388k parameters) learnt mor
 the same compute, most at 4x (benchmarks/RESULTS.md). No normalisation layers: the output of a
 sample never depends on the other samples of its batch.
 
-Conditioning on t only (not on the scale): the scale a frame really has is a property
-of its content (how wide its blur is; real video was often upscaled, blurred or
-compressed before it reaches vsr), which the network sees; the nominal scale reaches it
-through the start timestep, calibrated per scale and stored in the model card
-(`noise_predictor:` key), and t is what the frozen prior's response depends on.
+Conditioning. On t always (what the frozen prior's response depends on), through FiLM
+in every block. On the upscaling factor when `scale_features` > 0 (fourth version): the
+nominal factor s the engine upscales by (the geometric mean of the two axes', as
+`Engine.scale_for`) enters as Fourier features of log2 s (`scale_features_of`) through a
+zero-initialised linear layer added to the timestep embedding, so a network warm-started
+from a blind one starts out giving exactly its output. A blind network must guess the
+scale from the picture and hedges between scales; told it, the same weights can specialise
+(benchmarks/RESULTS.md: the blind third version, trained on clean 2x alone, gained 0.23 dB
+there and lost 0.58 dB at 4x).
+The picture still decides the rest: real video is often blurred, upscaled or compressed
+before it reaches vsr, and the training degradations cover that.
 """
 from __future__ import annotations
 
@@ -72,6 +78,17 @@ def timestep_features(t: torch.Tensor, num_train_timesteps: int, dim: int) -> to
     return torch.cat([ang.sin(), ang.cos()], dim=1)
 
 
+def scale_features_of(scale: torch.Tensor, dim: int) -> torch.Tensor:
+    """(N, dim) Fourier features of l = log2(scale) for an (N,) tensor of upscaling factors
+    > 1: sin and cos of k pi l / 4 for k = 1..dim/2, so factors 1-16 (l in 0-4) span at most
+    half a period of the slowest pair (no two factors share features) and neighbouring
+    factors get neighbouring features."""
+    half = dim // 2
+    l = torch.log2(scale.float().clamp_min(1.0))
+    ang = l[:, None] * (math.pi / 4) * torch.arange(1, half + 1, device=scale.device, dtype=torch.float32)[None]
+    return torch.cat([ang.sin(), ang.cos()], dim=1)
+
+
 def size_multiple(pixel_unshuffle: int, deep_blocks: int) -> int:
     """What H and W of a NoisePredictor's input must be multiples of: pixel_unshuffle,
     twice it with a coarse branch."""
@@ -98,8 +115,10 @@ class NoisePredictor(ModelMixin, ConfigMixin):
     """f(x_up, t) -> eps_hat, (N, 3, H, W) float32; see the module docstring.
 
     x_up: (N, 3, H, W) in [-1, 1], the input resized to the target (vsr.core.resample);
-    H and W must be multiples of `pixel_unshuffle` (`PredictedNoise` pads). t: an int or
-    an (N,) integer tensor in [1, T). The schedule (num_train_timesteps, beta_schedule)
+    H and W must be multiples of `size_multiple` (`PredictedNoise` pads). t: an int or
+    an (N,) integer tensor in [1, T). scale: the upscaling factor (a float or an (N,)
+    tensor, > 1), required when `scale_features` > 0 (ValueError without it), ignored
+    otherwise. The schedule (num_train_timesteps, beta_schedule)
     must be the prior's; `alphas_cumprod` is rebuilt from it, not stored.
     """
 
@@ -116,11 +135,13 @@ class NoisePredictor(ModelMixin, ConfigMixin):
         beta_schedule: str = "squaredcos_cap_v2",
         deep_blocks: int = 0,
         deep_channels: int = 64,
+        scale_features: int = 0,
     ):
         super().__init__()
-        if pixel_unshuffle < 1 or channels < 1 or num_blocks < 0 or emb_dim % 2 or deep_blocks < 0 or deep_channels < 1:
+        if pixel_unshuffle < 1 or channels < 1 or num_blocks < 0 or emb_dim % 2 or deep_blocks < 0 or deep_channels < 1 \
+                or scale_features < 0 or scale_features % 2:
             raise ValueError("NoisePredictor: pixel_unshuffle, channels, deep_channels >= 1, num_blocks, deep_blocks"
-                             " >= 0, emb_dim even")
+                             " >= 0, emb_dim and scale_features even")
         r2 = 3 * pixel_unshuffle**2
         self.emb = torch.nn.Sequential(torch.nn.Linear(emb_dim, emb_dim), torch.nn.SiLU())
         self.head = torch.nn.Conv2d(r2, channels, 3, padding=1)
@@ -132,6 +153,10 @@ class NoisePredictor(ModelMixin, ConfigMixin):
         self.tail = torch.nn.Conv2d(channels, r2, 3, padding=1)
         torch.nn.init.zeros_(self.tail.weight)  # d = 0 at the start: x_t = x_up
         torch.nn.init.zeros_(self.tail.bias)
+        if scale_features:  # registered last: a blind network's parameters keep their order (warm starts)
+            self.scale_emb = torch.nn.Linear(scale_features, emb_dim)
+            torch.nn.init.zeros_(self.scale_emb.weight)  # starts as the blind network; the scale's effect is learnt
+            torch.nn.init.zeros_(self.scale_emb.bias)
         self.register_buffer("alphas_cumprod", _alphas_cumprod(num_train_timesteps, beta_schedule), persistent=False)
 
     @property
@@ -149,7 +174,20 @@ class NoisePredictor(ModelMixin, ConfigMixin):
             raise ValueError(f"NoisePredictor: timesteps must be in [1, {self.config.num_train_timesteps})")
         return t
 
-    def detail(self, x_up: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+    def _scales(self, scale: float | torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+        if scale is None:
+            raise ValueError("NoisePredictor: this predictor is conditioned on the upscaling factor: pass scale")
+        s = torch.as_tensor(scale, device=device, dtype=torch.float32).reshape(-1)
+        if s.numel() == 1:
+            s = s.expand(n)
+        if s.numel() != n:
+            raise ValueError(f"NoisePredictor: got {s.numel()} scales for a batch of {n}")
+        if not bool(torch.isfinite(s).all()) or bool((s <= 1).any()):
+            raise ValueError("NoisePredictor: scales must be finite and > 1")
+        return s
+
+    def detail(self, x_up: torch.Tensor, t: int | torch.Tensor,
+               scale: float | torch.Tensor | None = None) -> torch.Tensor:
         """d: (N, 3, H, W), the image the start x_t equals minus x_up."""
         r, m = self.config.pixel_unshuffle, self.size_multiple
         n, _, h, w = x_up.shape
@@ -157,6 +195,9 @@ class NoisePredictor(ModelMixin, ConfigMixin):
             raise ValueError(f"NoisePredictor: H and W must be multiples of {m}, got {h}x{w}")
         t = self._timesteps(t, n, x_up.device)
         emb = self.emb(timestep_features(t, self.config.num_train_timesteps, self.config.emb_dim).to(x_up.dtype))
+        if self.config.scale_features:
+            feats = scale_features_of(self._scales(scale, n, x_up.device), self.config.scale_features)
+            emb = emb + self.scale_emb(feats.to(x_up.dtype))
         x = F.pixel_unshuffle(x_up, r) if r > 1 else x_up
         h_ = self.head(x)
         for block in self.blocks:
@@ -169,9 +210,10 @@ class NoisePredictor(ModelMixin, ConfigMixin):
         out = self.tail(h_)
         return F.pixel_shuffle(out, r) if r > 1 else out
 
-    def forward(self, x_up: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+    def forward(self, x_up: torch.Tensor, t: int | torch.Tensor,
+                scale: float | torch.Tensor | None = None) -> torch.Tensor:
         """eps_hat = ((1 - sqrt(abar_t)) x_up + d) / sqrt(1 - abar_t), float32 (N, 3, H, W)."""
-        d = self.detail(x_up, t).float()
+        d = self.detail(x_up, t, scale).float()
         t = self._timesteps(t, x_up.shape[0], x_up.device)
         a = self.alphas_cumprod.to(x_up.device)[t].view(-1, 1, 1, 1)
         sa, sb = a.sqrt().float(), (1 - a).sqrt().float()
@@ -182,4 +224,4 @@ def count_macs(net: torch.nn.Module, size: int = 256) -> int:
     """Multiply-accumulates of one forward of a size x size tile (`vsr.models.macs`)."""
     from vsr.models.macs import count_macs as _count_macs
 
-    return _count_macs(net, lambda x: net(x, 10), size)
+    return _count_macs(net, lambda x: net(x, 10, 2.0), size)

@@ -38,8 +38,9 @@ class NoiseContext:
     frames; upsampled: (N, 3, H, W) float32 in [-1, 1], the input resized to the target
     (bicubic, antialiased); timestep: t_start, an integer in [1, T) indexing
     alphas_cumprod (T,) float64; previous: the state of the frame just before this batch
-    (None at the start of a stream or a chunk); dtype: the precision networks run in.
-    Tensors are on the engine's device.
+    (None at the start of a stream or a chunk); dtype: the precision networks run in;
+    scale: the upscaling factor (geometric mean of the two axes', `Engine.scale_for`),
+    None where unknown. Tensors are on the engine's device.
     """
 
     frame_indices: tuple[int, ...]
@@ -49,6 +50,7 @@ class NoiseContext:
     alphas_cumprod: torch.Tensor
     previous: NoiseState | None = None
     dtype: torch.dtype = torch.float32
+    scale: float | None = None
 
     @property
     def size(self) -> tuple[int, int]:

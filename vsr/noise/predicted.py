@@ -4,7 +4,8 @@
 upsampled frame: eps = f(x_up, t_start), so the start x_t = sqrt(abar) x_up +
 sqrt(1 - abar) eps is the predictor's guess of a point on the high-resolution image's
 trajectory (Yue et al. 2024, arXiv 2412.09013, eq. 7), and the frozen prior's 1-3 DDIM
-steps finish it. Optionally a Gaussian field is added, eps = f(x_up, t) + mix * z, z
+steps finish it. A predictor conditioned on the upscaling factor (`scale_features` > 0)
+gets the context's `scale`. Optionally a Gaussian field is added, eps = f(x_up, t) + mix * z, z
 from a picture-blind base source (InvSR's predicted mean plus a fixed sigma).
 
 The noise is a function of the frame's pixels (and the seed, through the base source):
@@ -114,8 +115,11 @@ class PredictedNoise:
         t = int(ctx.timestep)
         a = float(ac[t])
         sa, sb = a**0.5, (1.0 - a) ** 0.5
+        if getattr(self.predictor.config, "scale_features", 0) and ctx.scale is None:
+            raise ModelError("noise predictor: it is conditioned on the upscaling factor and the context has none")
         x_up = ctx.upsampled.float()
-        eps = torch.stack([self._eps(x_up[i : i + 1], t, sa, sb, ctx.dtype)[0] for i in range(x_up.shape[0])])
+        eps = torch.stack([self._eps(x_up[i : i + 1], t, sa, sb, ctx.dtype, ctx.scale)[0]
+                           for i in range(x_up.shape[0])])
         if self.mix > 0:
             eps = eps + self.mix * self.base(ctx).to(eps.device, torch.float32)
         return eps
@@ -134,8 +138,10 @@ class PredictedNoise:
             self._nets[key] = net.eval().requires_grad_(False)
         return self._nets[key]
 
-    def detail(self, x_up: torch.Tensor, t: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """d (1, 3, H, W) float32 for one frame x_up (1, 3, H, W) in [-1, 1]."""
+    def detail(self, x_up: torch.Tensor, t: int, dtype: torch.dtype = torch.float32,
+               scale: float | None = None) -> torch.Tensor:
+        """d (1, 3, H, W) float32 for one frame x_up (1, 3, H, W) in [-1, 1] upscaled by
+        `scale` (needed by a predictor conditioned on it)."""
         net = self._net(x_up.device, dtype)
         r = int(net.size_multiple)
         h, w = x_up.shape[-2:]
@@ -146,14 +152,15 @@ class PredictedNoise:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             if h * w <= self.max_pixels or min(x.shape[-2:]) < self.tile:
-                d = net.detail(x, t)
+                d = net.detail(x, t, scale)
             else:
-                (d,) = apply_tiled(lambda crops: (net.detail(crops, t),), x, self.tile, self.overlap, 1)
+                (d,) = apply_tiled(lambda crops: (net.detail(crops, t, scale),), x, self.tile, self.overlap, 1)
         return d.float()[..., :h, :w].contiguous()
 
-    def _eps(self, x_up: torch.Tensor, t: int, sa: float, sb: float, dtype: torch.dtype) -> torch.Tensor:
+    def _eps(self, x_up: torch.Tensor, t: int, sa: float, sb: float, dtype: torch.dtype,
+             scale: float | None) -> torch.Tensor:
         # eps_hat = ((1 - sqrt(abar)) x_up + d) / sqrt(1 - abar): the start is x_up + d
-        return ((1.0 - sa) * x_up + self.detail(x_up, t, dtype)) / sb
+        return ((1.0 - sa) * x_up + self.detail(x_up, t, dtype, scale)) / sb
 
     # -- pickling: a loaded predictor travels as its folder ----------------------------
     def __getstate__(self) -> dict[str, Any]:
