@@ -37,6 +37,7 @@ class PredictorTrainConfig(YamlConfig):
     deep_blocks: int = 0  # blocks of the coarse branch at H/(2 pixel_unshuffle) (0: none)
     deep_channels: int = 64
     scale_features: int = 0  # Fourier features of log2(scale) the predictor is conditioned on (0: blind to the scale)
+    scale_anchors: tuple[float, ...] = ()  # factors with their own weight offsets, blended in log2(scale) (none: one set)
     # sampler
     crop: int = 128
     scale_min: float = 1.5
@@ -154,6 +155,7 @@ def build_predictor(cfg: PredictorTrainConfig, num_train_timesteps: int = 1000, 
     return NoisePredictor(
         channels=cfg.channels, num_blocks=cfg.num_blocks, pixel_unshuffle=cfg.pixel_unshuffle, emb_dim=cfg.emb_dim,
         deep_blocks=cfg.deep_blocks, deep_channels=cfg.deep_channels, scale_features=cfg.scale_features,
+        scale_anchors=list(cfg.scale_anchors) or None,
         num_train_timesteps=num_train_timesteps,
         beta_schedule=beta_schedule,
     )

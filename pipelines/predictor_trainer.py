@@ -216,14 +216,15 @@ class PredictorTrainer:
     def init_from(self, state: dict) -> None:
         """Start from another run's EMA weights (a warm start, e.g. on a larger corpus):
         the optimiser, step, LR schedule and random stream start afresh. A network blind to
-        the scale may warm-start one conditioned on it: the scale layer (`scale_emb`,
-        zero-initialised, so the output starts the same) is the only weight it may lack."""
+        the scale may warm-start one conditioned on it: the scale layer (`scale_emb`) and the
+        anchors' weight offsets (`anchor_offsets`), zero-initialised so the output starts the
+        same, are the only weights it may lack."""
         try:
             missing, unexpected = self.net.load_state_dict(state["net"], strict=False)
         except RuntimeError as exc:  # torch's size mismatch: one line of it
             raise ConfigError(f"init_checkpoint: its network does not fit this config's: "
                               f"{str(exc).splitlines()[-1].strip()}") from None
-        if unexpected or any(not k.startswith("scale_emb.") for k in missing):
+        if unexpected or any(not k.startswith(("scale_emb.", "anchor_offsets.")) for k in missing):
             raise ConfigError(f"init_checkpoint: its network does not fit this config's (missing "
                               f"{', '.join(missing) or 'nothing'}; unexpected {', '.join(unexpected) or 'nothing'})")
         shadow = dict(zip(state["net"], state["ema"]["shadow_params"]))  # parameters in state-dict order

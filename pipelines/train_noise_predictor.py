@@ -308,7 +308,8 @@ def _write_export(out: Path, net, state: dict, cfg, checkpoint, location, card_p
     entry["architecture"] = {
         "class": "vsr.models.noise_predictor.NoisePredictor", "channels": cfg.channels, "num_blocks": cfg.num_blocks,
         "pixel_unshuffle": cfg.pixel_unshuffle, "deep_blocks": cfg.deep_blocks, "deep_channels": cfg.deep_channels,
-        "scale_features": cfg.scale_features, "parameters": sum(p.numel() for p in net.parameters()),
+        "scale_features": cfg.scale_features,
+        "scale_anchors": list(cfg.scale_anchors), "parameters": sum(p.numel() for p in net.parameters()),
         "gmacs_per_256x256_forward": round(count_macs(net) / 1e9, 3),
     }
     entry["training"] = {

@@ -193,6 +193,72 @@ def test_a_scale_conditioned_predictor_starts_as_the_blind_one_and_then_depends_
         NoisePredictor(scale_features=3)
 
 
+
+def test_anchor_weights_are_hats_in_log_scale():
+    from vsr.models.noise_predictor import anchor_weights
+
+    assert anchor_weights(2.0, (2, 4, 8)) == [1.0, 0.0, 0.0]
+    assert anchor_weights(2 * math.sqrt(2), (2, 4, 8)) == pytest.approx([0.5, 0.5, 0.0])
+    assert anchor_weights(6.0, (2, 4, 8)) == pytest.approx([0.0, 2 - math.log2(3), math.log2(3) - 1])
+    assert anchor_weights(1.5, (2, 4, 8)) == [1.0, 0.0, 0.0] and anchor_weights(16.0, (2, 4, 8)) == [0.0, 0.0, 1.0]
+    assert anchor_weights(8.0, (2, 4, 8)) == [0.0, 0.0, 1.0]
+    for s in (1.2, 2.5, 3.7, 5.0, 7.9, 12.0):
+        assert sum(anchor_weights(s, (2, 4, 8))) == pytest.approx(1.0)
+
+
+def test_an_anchored_predictor_blends_its_weights_by_the_scale(tmp_path):
+    plain = tiny_predictor(deep_blocks=1)
+    anchored = NoisePredictor(**{**plain.config, "scale_anchors": [2, 4, 8]})
+    missing, unexpected = anchored.load_state_dict(plain.state_dict(), strict=False)
+    assert missing and all(k.startswith("anchor_offsets.") for k in missing) and not unexpected
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    for s in (1.5, 2.0, 3.0, 8.0):  # zero offsets: exactly the plain network
+        assert torch.equal(anchored(x, 9, s), plain(x, 9))
+    with pytest.raises(ValueError, match="upscaling factor"):
+        anchored(x, 9)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for offsets in anchored.anchor_offsets:
+            for p in offsets.values():
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+
+    def plain_with(weights: list[float]) -> NoisePredictor:
+        """The plain network with the blend of the anchors' offsets added to its weights."""
+        net = tiny_predictor(deep_blocks=1)
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                for w, offsets in zip(weights, anchored.anchor_offsets):
+                    if name.replace(".", "-") in offsets:
+                        p.add_(w * offsets[name.replace(".", "-")])
+        return net
+
+    at = {s: anchored.detail(x, 9, s) for s in (2.0, 2 * math.sqrt(2), 8.0)}
+    assert torch.allclose(at[2.0], plain_with([1, 0, 0]).detail(x, 9), atol=1e-6)
+    assert torch.allclose(at[2 * math.sqrt(2)], plain_with([0.5, 0.5, 0]).detail(x, 9), atol=1e-6)
+    assert torch.allclose(at[8.0], plain_with([0, 0, 1]).detail(x, 9), atol=1e-6)
+    assert not torch.allclose(at[2.0], at[8.0], atol=1e-3)
+    # a batch of mixed factors: each sample as if alone; gradients reach only the anchors in use
+    mixed = anchored.detail(x, 9, torch.tensor([2.0, 8.0, 2.0]))
+    assert torch.allclose(mixed[[0, 2]], at[2.0][[0, 2]], atol=1e-6) and torch.allclose(mixed[1], at[8.0][1], atol=1e-6)
+    anchored.zero_grad()
+    anchored(x, 9, 2.0).square().mean().backward()
+    assert anchored.anchor_offsets[0]["head-weight"].grad.abs().sum() > 0
+    assert anchored.anchor_offsets[1]["head-weight"].grad is None and anchored.head.weight.grad is not None
+    # the budget is the plain network's; the folder round-trips; as a noise source it stays batch-independent
+    assert count_macs(anchored) == count_macs(plain)
+    anchored.save_pretrained(tmp_path / SUBFOLDER)
+    back = NoisePredictor.from_pretrained(str(tmp_path), subfolder=SUBFOLDER, low_cpu_mem_usage=False)
+    assert list(back.config.scale_anchors) == [2, 4, 8] and torch.equal(back.detail(x, 9, 3.0), anchored.detail(x, 9, 3.0))
+    src = PredictedNoise(back, scales=[2, 4], levels=[0.02, 0.1])
+    frames = torch.rand(3, 3, 30, 26, generator=g) * 2 - 1
+    together = src(dataclasses.replace(_ctx(frames, [0, 1, 2]), scale=3.0))
+    for i in range(3):
+        assert torch.equal(src(dataclasses.replace(_ctx(frames[i : i + 1], [i]), scale=3.0)), together[i : i + 1])
+    for bad in ([2.0], [4.0, 2.0], [1.0, 2.0], [2.0, 2.0]):
+        with pytest.raises(ValueError, match="scale_anchors"):
+            NoisePredictor(scale_anchors=bad)
+
+
 # ----------------------------------------------------------------------------- the source
 
 
@@ -512,6 +578,9 @@ def test_a_warm_start_begins_from_the_other_runs_ema_weights_with_a_fresh_optimi
     assert torch.equal(_params(told)[: ema.numel()], ema) and not _params(told)[ema.numel():].any()
     x = torch.rand(1, 3, 16, 16) * 2 - 1
     assert torch.equal(told.ema_net()(x, 30, 2.5), first.ema_net()(x, 30))
+    anchored = tnp.train(tiny_cfg(tmp_path / "e", init_checkpoint=str(tmp_path / "a" / "last.pt"),
+                                  scale_anchors=(2.0, 4.0)), stop_at=0, **kw)
+    assert torch.equal(anchored.ema_net()(x, 30, 3.0), first.ema_net()(x, 30))
     # but not another architecture
     with pytest.raises(ConfigError, match="init_checkpoint"):
         tnp.train(tiny_cfg(tmp_path / "d", init_checkpoint=str(tmp_path / "a" / "last.pt"), channels=6),

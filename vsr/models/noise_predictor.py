@@ -38,20 +38,27 @@ the same compute, most at 4x (benchmarks/RESULTS.md). No normalisation layers: t
 sample never depends on the other samples of its batch.
 
 Conditioning. On t always (what the frozen prior's response depends on), through FiLM
-in every block. On the upscaling factor when `scale_features` > 0 (fourth version): the
-nominal factor s the engine upscales by (the geometric mean of the two axes', as
-`Engine.scale_for`) enters as Fourier features of log2 s (`scale_features_of`) through a
-zero-initialised linear layer added to the timestep embedding, so a network warm-started
-from a blind one starts out giving exactly its output. A blind network must guess the
-scale from the picture and hedges between scales; told it, the same weights can specialise
-(benchmarks/RESULTS.md: the blind third version, trained on clean 2x alone, gained 0.23 dB
-there and lost 0.58 dB at 4x).
-The picture still decides the rest: real video is often blurred, upscaled or compressed
-before it reaches vsr, and the training degradations cover that.
+in every block. On the nominal upscaling factor s (the geometric mean of the two axes', as
+`Engine.scale_for`; the engine passes it) in either or both of two ways, each starting from
+zero so a network warm-started from a blind one gives exactly its output:
+- `scale_features` > 0: Fourier features of log2 s (`scale_features_of`) through a linear
+  layer added to the timestep embedding (FiLM by the scale: cheap, few weights);
+- `scale_anchors` (e.g. [2, 4, 8]): every weight of the convolutional path gets an offset
+  per anchor factor, blended by hat functions piecewise linear in log2 s
+  (`anchor_weights`): the weights at s are w + sum_k a_k(s) offset_k, so each factor gets
+  its own network for the same MACs (and 1 + K times the weights; a kernel mixture, as
+  CondConv, Yang et al. 2019, arXiv 1904.04971, with the routing fixed by the scale).
+A blind network must guess the scale from the picture and hedges between scales; the blind
+third version trained at 2x alone gained 0.12 dB there with the degradation mix and 0.23 dB
+on clean input, and lost 0.3-0.6 dB at 4x (benchmarks/RESULTS.md). The picture still decides
+the rest: real video is often blurred, upscaled or compressed before it reaches vsr, and
+the training degradations cover that.
 """
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +66,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 SUBFOLDER = "noise_predictor"  # inside a model folder, beside unet/ and scheduler/
+_SWAP = threading.RLock()  # anchored predictors swap their convolutions' weights in for a call: one at a time
 
 
 def _alphas_cumprod(num_train_timesteps: int, beta_schedule: str) -> torch.Tensor:
@@ -89,6 +97,23 @@ def scale_features_of(scale: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([ang.sin(), ang.cos()], dim=1)
 
 
+def anchor_weights(scale: float, anchors: Sequence[float]) -> list[float]:
+    """The weight of each anchor factor at `scale` (> 1): hat functions, piecewise linear in
+    log2(scale) between neighbouring anchors (sorted, distinct), clamped to the first and
+    last anchor outside them; they sum to 1. E.g. anchors (2, 4, 8): 2 -> [1, 0, 0], 2.83 ->
+    [0.5, 0.5, 0], 16 -> [0, 0, 1]."""
+    a = [math.log2(v) for v in anchors]
+    l = min(max(math.log2(scale), a[0]), a[-1])
+    w = [0.0] * len(a)
+    for i in range(len(a) - 1):
+        if l <= a[i + 1]:
+            lam = (l - a[i]) / (a[i + 1] - a[i])
+            w[i], w[i + 1] = 1.0 - lam, lam
+            return w
+    w[-1] = 1.0
+    return w
+
+
 def size_multiple(pixel_unshuffle: int, deep_blocks: int) -> int:
     """What H and W of a NoisePredictor's input must be multiples of: pixel_unshuffle,
     twice it with a coarse branch."""
@@ -109,6 +134,33 @@ class _ResBlock(torch.nn.Module):
         scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
         h = F.silu(h * (1 + scale) + shift)
         return x + self.conv2(h)
+
+
+class _Body(torch.nn.Module):
+    """The convolutional path of a NoisePredictor (its own modules, shared, not copied): x_up
+    and the embedding -> d. A separate module so an anchored predictor can run it with
+    blended weights (torch.func.functional_call) while the state-dict names stay the same."""
+
+    def __init__(self, owner: "NoisePredictor"):
+        super().__init__()
+        self.r, self.coarse = owner.config.pixel_unshuffle, bool(owner.config.deep_blocks)
+        self.head, self.blocks, self.tail = owner.head, owner.blocks, owner.tail
+        if self.coarse:
+            self.down, self.deep, self.up = owner.down, owner.deep, owner.up
+
+    def forward(self, x_up: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        r = self.r
+        x = F.pixel_unshuffle(x_up, r) if r > 1 else x_up
+        h = self.head(x)
+        for block in self.blocks:
+            h = block(h, emb)
+        if self.coarse:
+            g = self.down(F.pixel_unshuffle(h, 2))
+            for block in self.deep:
+                g = block(g, emb)
+            h = h + F.pixel_shuffle(self.up(g), 2)
+        out = self.tail(h)
+        return F.pixel_shuffle(out, r) if r > 1 else out
 
 
 class NoisePredictor(ModelMixin, ConfigMixin):
@@ -136,12 +188,17 @@ class NoisePredictor(ModelMixin, ConfigMixin):
         deep_blocks: int = 0,
         deep_channels: int = 64,
         scale_features: int = 0,
+        scale_anchors: Sequence[float] | None = None,
     ):
         super().__init__()
         if pixel_unshuffle < 1 or channels < 1 or num_blocks < 0 or emb_dim % 2 or deep_blocks < 0 or deep_channels < 1 \
                 or scale_features < 0 or scale_features % 2:
             raise ValueError("NoisePredictor: pixel_unshuffle, channels, deep_channels >= 1, num_blocks, deep_blocks"
                              " >= 0, emb_dim and scale_features even")
+        anchors = [float(a) for a in scale_anchors or ()]
+        if anchors and (len(anchors) < 2 or any(not (math.isfinite(a) and a > 1) for a in anchors)
+                        or any(b <= a for a, b in zip(anchors, anchors[1:]))):
+            raise ValueError(f"NoisePredictor: scale_anchors must be 2 or more increasing factors > 1, got {anchors}")
         r2 = 3 * pixel_unshuffle**2
         self.emb = torch.nn.Sequential(torch.nn.Linear(emb_dim, emb_dim), torch.nn.SiLU())
         self.head = torch.nn.Conv2d(r2, channels, 3, padding=1)
@@ -157,6 +214,13 @@ class NoisePredictor(ModelMixin, ConfigMixin):
             self.scale_emb = torch.nn.Linear(scale_features, emb_dim)
             torch.nn.init.zeros_(self.scale_emb.weight)  # starts as the blind network; the scale's effect is learnt
             torch.nn.init.zeros_(self.scale_emb.bias)
+        body = _Body(self)
+        object.__setattr__(self, "_body", body)  # not registered: its modules are this one's
+        if anchors:  # per-anchor offsets of every weight of the path, zero: it starts as the plain network
+            self.anchor_offsets = torch.nn.ModuleList(
+                torch.nn.ParameterDict({n.replace(".", "-"): torch.nn.Parameter(torch.zeros_like(p))
+                                        for n, p in body.named_parameters()})
+                for _ in anchors)
         self.register_buffer("alphas_cumprod", _alphas_cumprod(num_train_timesteps, beta_schedule), persistent=False)
 
     @property
@@ -189,7 +253,7 @@ class NoisePredictor(ModelMixin, ConfigMixin):
     def detail(self, x_up: torch.Tensor, t: int | torch.Tensor,
                scale: float | torch.Tensor | None = None) -> torch.Tensor:
         """d: (N, 3, H, W), the image the start x_t equals minus x_up."""
-        r, m = self.config.pixel_unshuffle, self.size_multiple
+        m = self.size_multiple
         n, _, h, w = x_up.shape
         if h % m or w % m:
             raise ValueError(f"NoisePredictor: H and W must be multiples of {m}, got {h}x{w}")
@@ -198,17 +262,23 @@ class NoisePredictor(ModelMixin, ConfigMixin):
         if self.config.scale_features:
             feats = scale_features_of(self._scales(scale, n, x_up.device), self.config.scale_features)
             emb = emb + self.scale_emb(feats.to(x_up.dtype))
-        x = F.pixel_unshuffle(x_up, r) if r > 1 else x_up
-        h_ = self.head(x)
-        for block in self.blocks:
-            h_ = block(h_, emb)
-        if self.config.deep_blocks:
-            g = self.down(F.pixel_unshuffle(h_, 2))
-            for block in self.deep:
-                g = block(g, emb)
-            h_ = h_ + F.pixel_shuffle(self.up(g), 2)
-        out = self.tail(h_)
-        return F.pixel_shuffle(out, r) if r > 1 else out
+        if not self.config.scale_anchors:
+            return self._body(x_up, emb)
+        # anchored: the path's weights are w + sum_k a_k(scale) offset_k, one blend per distinct scale
+        factors = self._scales(scale, n, x_up.device).tolist()
+        out = torch.empty_like(x_up)
+        params = dict(self._body.named_parameters())
+        for f in sorted(set(factors)):
+            idx = [i for i, v in enumerate(factors) if v == f]
+            a = anchor_weights(f, self.config.scale_anchors)
+            blended = {k: p + sum(ak * off[k.replace(".", "-")] for ak, off in zip(a, self.anchor_offsets) if ak)
+                       for k, p in params.items()}
+            with _SWAP:
+                d = torch.func.functional_call(self._body, blended, (x_up[idx], emb[idx]))
+            if len(idx) == n:
+                return d
+            out[idx] = d
+        return out
 
     def forward(self, x_up: torch.Tensor, t: int | torch.Tensor,
                 scale: float | torch.Tensor | None = None) -> torch.Tensor:
