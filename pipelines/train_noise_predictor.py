@@ -28,7 +28,8 @@ its own generator seeded by (seed, step)) so a GPU is not left waiting for the C
 CLI (wired into `vsr train`): `vsr train predictor --config configs/predictor/X.yaml
 [--resume]`, `vsr train predictor-export --checkpoint RUN/last.pt --out FOLDER
 [--calibrate]`, `vsr train predictor-pack --config C --out F.npz`, `vsr train
-predictor-average A.pt B.pt --out C.pt` (mean weights, to export). Imports PyAV (for the H.264 degradation) besides vsr.io: a training
+predictor-average A.pt B.pt --out C.pt` (mean weights, to export), `vsr train
+predictor-set-anchor A.pt --anchor 8 --from B.pt --out C.pt` (one anchor's weights from another run). Imports PyAV (for the H.264 degradation) besides vsr.io: a training
 pipeline, not the engine.
 """
 from __future__ import annotations
@@ -242,6 +243,48 @@ def average_checkpoints(checkpoints: list[str | Path], out: str | Path, *, overw
     return f"wrote {out}: the mean of {len(states)} checkpoints' weights"
 
 
+def set_anchor(checkpoint: str | Path, anchor: float, donor: str | Path, out: str | Path, *,
+               overwrite: bool = False) -> str:
+    """Write `checkpoint` with the weights at one of its scale anchors set to `donor`'s
+    (a checkpoint of the plain network, same architecture otherwise): the anchor's offsets
+    become donor - base for every weight of the path, in the net and its EMA, so at that
+    factor the predictor runs the donor's convolutions (its timestep embedding stays the
+    checkpoint's) and between it and the next anchor a weight-space blend of the two. For an
+    anchor whose specialist did worse than the shared network (issue 10: the 8x anchor,
+    trained on 16-pixel inputs). No optimiser state: for `predictor-export`. InputError for
+    a checkpoint without that anchor or a donor of another shape."""
+    out = Path(out)
+    if not out.name or out.is_dir() or not out.resolve().parent.is_dir():
+        raise OutputError(f"--out {str(out)!r}: need a file name in an existing folder")
+    if out.resolve() in (Path(checkpoint).resolve(), Path(donor).resolve()):
+        raise UsageError(f"--out {out} is one of the inputs: write a new file")
+    state, given = _read_checkpoint(checkpoint), _read_checkpoint(donor)
+    anchors = [float(a) for a in state["config"].get("scale_anchors") or ()]
+    if float(anchor) not in anchors:
+        raise InputError(f"{checkpoint} has no scale anchor {anchor:g} (its anchors: "
+                         f"{', '.join(f'{a:g}' for a in anchors) or 'none'})")
+    k = anchors.index(float(anchor))
+    prefix = f"anchor_offsets.{k}."
+
+    def by_name(st: dict) -> dict[str, torch.Tensor]:
+        return dict(zip(st["net"], st["ema"]["shadow_params"]))  # parameters in state-dict order
+
+    names = list(state["net"])
+    shadow, donor_net, donor_shadow = by_name(state), given["net"], by_name(given)
+    for store, source in ((state["net"], donor_net), (shadow, donor_shadow)):
+        for key in [n for n in names if n.startswith(prefix)]:
+            body = key[len(prefix):].replace("-", ".")
+            if body not in source or source[body].shape != store[body].shape:
+                raise InputError(f"{donor} does not fit {checkpoint}: no weight {body} of shape "
+                                 f"{tuple(store[body].shape)}")
+            store[key] = (source[body].to(store[body].dtype) - store[body]).clone()
+    state["ema"] = dict(state["ema"], shadow_params=[shadow[n] for n in names])
+    state.pop("opt", None)
+    state["anchor_from"] = {f"{float(anchor):g}": str(donor)}
+    write_new_file(out, _serialised(lambda f: torch.save(state, f)), replace=overwrite)
+    return f"wrote {out}: {checkpoint} with the weights at {float(anchor):g}x set to {donor}'s"
+
+
 def _serialised(write) -> bytes:
     """What write(f) writes into a binary file object, as bytes (for `write_new_file`)."""
     import io
@@ -316,8 +359,9 @@ def _write_export(out: Path, net, state: dict, cfg, checkpoint, location, card_p
         "steps": state["step"], "wall_s": round(state.get("wall_s", 0.0), 1), "config": state["config"],
         "last_validation": state["history"][-1] if state.get("history") else None,
     }
-    if state.get("averaged_from"):
-        entry["training"]["averaged_from"] = state["averaged_from"]
+    for key in ("averaged_from", "anchor_from"):
+        if state.get(key):
+            entry["training"][key] = state[key]
     extra = dict(card.extra)
     extra["noise_predictor"] = entry
     card = dataclasses.replace(card, extra=extra)
@@ -382,7 +426,8 @@ def _readable_as_new_files(folder: Path) -> None:
 
 
 def add_cli(sub) -> None:
-    """Add `predictor`, `predictor-export`, `predictor-pack` and `predictor-average` to `vsr train`'s subparsers."""
+    """Add `predictor`, `predictor-export`, `predictor-pack`, `predictor-average` and `predictor-set-anchor` to
+    `vsr train`'s subparsers."""
     p = sub.add_parser("predictor", help="train (or resume) a prior's noise predictor (InvSR)")
     add_training_args(p, "a YAML file of PredictorTrainConfig fields (configs/predictor/*.yaml)")
     k = sub.add_parser("predictor-pack", help="write a run's training crops as JPEGs, to travel to a GPU machine")
@@ -393,6 +438,13 @@ def add_cli(sub) -> None:
     a.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="runs' last.pt, of one architecture")
     a.add_argument("--out", required=True, help="the checkpoint to write, for predictor-export")
     a.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    g = sub.add_parser("predictor-set-anchor", help="write a checkpoint whose weights at one scale anchor are another "
+                                                    "checkpoint's (a plain network's)")
+    g.add_argument("checkpoint", metavar="CHECKPOINT", help="a run's last.pt with scale_anchors")
+    g.add_argument("--anchor", type=float, required=True, help="the anchor factor to set (one of its scale_anchors)")
+    g.add_argument("--from", dest="donor", required=True, metavar="DONOR", help="the checkpoint whose weights it gets")
+    g.add_argument("--out", required=True, help="the checkpoint to write, for predictor-export")
+    g.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     e = sub.add_parser("predictor-export", help="write a model folder: the prior plus the predictor's EMA weights")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--out", required=True)
@@ -456,6 +508,9 @@ def run_cli(args) -> int:
         return 0
     if args.train_command == "predictor-average":
         print(average_checkpoints(args.checkpoints, args.out, overwrite=args.overwrite))
+        return 0
+    if args.train_command == "predictor-set-anchor":
+        print(set_anchor(args.checkpoint, args.anchor, args.donor, args.out, overwrite=args.overwrite))
         return 0
     if args.train_command == "predictor-export":
         if not Path(args.checkpoint).exists():

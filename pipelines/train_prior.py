@@ -183,7 +183,8 @@ def add_cli(parser) -> None:
 
 
 def run_cli(args) -> int:
-    if args.train_command in ("predictor", "predictor-export", "predictor-pack", "predictor-average"):
+    if args.train_command in ("predictor", "predictor-export", "predictor-pack", "predictor-average",
+                              "predictor-set-anchor"):
         from . import train_noise_predictor
 
         return train_noise_predictor.run_cli(args)

@@ -769,6 +769,54 @@ def test_averaged_checkpoints_hold_the_mean_weights_and_export(tmp_path, capsys)
     assert (tmp_path / "notes.txt").read_text() == "not a checkpoint"
 
 
+def test_one_anchor_can_take_another_runs_weights_and_export(tmp_path, capsys):
+    """predictor-set-anchor: at that factor the path runs the donor's weights exactly, the other
+    anchors are untouched, the card says where they came from; wrong anchors, donors of
+    another shape and writing over an input are one-line errors."""
+    from tests.conftest import build_tiny_model_dir
+    from vsr.cli import main
+    from vsr.errors import InputError, UsageError
+
+    prior_dir = build_tiny_model_dir(tmp_path / "prior", prediction_type="v_prediction")
+    kw = dict(progress=False, crops=textured_crops())
+    tnp.train(tiny_cfg(tmp_path / "plain", prior=str(prior_dir), seed=3), **kw)
+    tnp.train(tiny_cfg(tmp_path / "anch", prior=str(prior_dir), scale_anchors=(2.0, 4.0), scale_min=2.0,
+                       scale_max=4.0, lr=3e-2), **kw)
+    plain, anch, out = (tmp_path / "plain" / "last.pt", tmp_path / "anch" / "last.pt", tmp_path / "set.pt")
+    assert main(["train", "predictor-set-anchor", str(anch), "--anchor", "4", "--from", str(plain),
+                 "--out", str(out)]) == 0
+    donor, _, _ = tnp._checkpoint_net(plain)
+    before, _, _ = tnp._checkpoint_net(anch)
+    after, state, _ = tnp._checkpoint_net(out)
+    donor_w = dict(donor.named_parameters())
+    for name, p in after._body.named_parameters():
+        key = name.replace(".", "-")
+        torch.testing.assert_close(p + after.anchor_offsets[1][key], donor_w[name], rtol=0, atol=1e-7)
+        assert torch.equal(after.anchor_offsets[0][key], before.anchor_offsets[0][key])
+    assert not torch.equal(before.anchor_offsets[1]["head-weight"], after.anchor_offsets[1]["head-weight"])
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    assert torch.equal(after.detail(x, 30, 2.0), before.detail(x, 30, 2.0))  # 2x: untouched
+    assert state["anchor_from"] == {"4": str(plain)} and "opt" not in state
+    assert main(["train", "predictor-export", "--checkpoint", str(out), "--out", str(tmp_path / "m")]) == 0
+    card = yaml.safe_load((tmp_path / "m" / "model_card.yaml").read_text())["noise_predictor"]
+    assert card["training"]["anchor_from"] == {"4": str(plain)} and card["architecture"]["scale_anchors"] == [2.0, 4.0]
+    capsys.readouterr()
+    tnp.train(tiny_cfg(tmp_path / "wide", prior=str(prior_dir), channels=12), **kw)
+    for args, code, words in (
+        ([str(anch), "--anchor", "8", "--from", str(plain), "--out", str(tmp_path / "x.pt")], InputError.exit_code,
+         "no scale anchor 8"),
+        ([str(plain), "--anchor", "4", "--from", str(plain), "--out", str(tmp_path / "x.pt")], InputError.exit_code,
+         "no scale anchor 4"),
+        ([str(anch), "--anchor", "4", "--from", str(tmp_path / "wide" / "last.pt"), "--out", str(tmp_path / "x.pt")],
+         InputError.exit_code, "does not fit"),
+        ([str(anch), "--anchor", "4", "--from", str(plain), "--out", str(anch)], UsageError.exit_code, "one of the inputs"),
+    ):
+        assert main(["train", "predictor-set-anchor", *args]) == code, args
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "x.pt").exists()
+
+
 def test_config_errors_name_the_field(tmp_path):
     from vsr.errors import ConfigError
 
