@@ -29,9 +29,10 @@ conv and pixel_shuffle(2) back, added to the H/r features before the last conv (
 two levels). A block of 2C channels at H/2r costs the MACs of one of C channels at H/r and
 has four times its weights and twice its reach; inputs must then be multiples of 2r
 (`size_multiple`).
-The shipped predictor (third version) has r = 2, C = 32, 1 block and a coarse branch of
-3 blocks of 64 channels: 1.39 GMACs per 256x256 tile (the issue's budget is 1.5), 297k
-parameters, a receptive field of about 68 output pixels. The second (r = 2, C = 32, 4
+The shipped predictor (fourth version) has r = 2, C = 32, 1 block and a coarse branch of
+3 blocks of 64 channels: 1.39 GMACs per 256x256 tile (the issue's budget is 1.5), a
+receptive field of about 68 output pixels, and scale anchors 2, 4, 8 (1.18M parameters; the
+third version, the same network blind to the scale, had 297k). The second (r = 2, C = 32, 4
 blocks: 1.32 GMACs, 102k parameters, 42 pixels) learnt faster on the CPU but less with a
 GPU's compute; the first (r = 4, C = 64: 1.43 GMACs, 388k parameters) learnt more slowly at
 the same compute, most at 4x (benchmarks/RESULTS.md). No normalisation layers: the output of a
