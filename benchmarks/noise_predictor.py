@@ -78,7 +78,7 @@ def parse_degradation(text: str | None) -> tuple[str, float] | None:
     kind, _, value = text.partition(":")
     limits = {"blur": (0.1, 5.0), "jpeg": (1, 100), "h264": (0, 51)}
     try:
-        v = float(value)
+        v = float(value) if kind == "blur" else int(value)
     except ValueError:
         v = math.nan
     if kind not in limits or not limits[kind][0] <= v <= limits[kind][1]:
@@ -240,7 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mosaic-images", type=int, nargs="+",
                     help="which held-out images (default: the three with the most detail in the truth)")
     args = ap.parse_args(argv)
-    degradation = parse_degradation(args.degrade)
+    try:
+        degradation = parse_degradation(args.degrade)
+    except SystemExit as exc:
+        ap.error(str(exc))  # argparse's exit 2
+    if not (Path(args.corpus) / "images" / "val").is_dir():
+        ap.error(f"--corpus {args.corpus}: no images/val folder (build it: vsr corpus build data/corpus)")
     fid = fidelity(args.model, args.corpus, args.scales, args.steps, args.max_images, predictor_steps=tuple(args.predictor_steps),
                    keep=bool(args.mosaic), degradation=degradation)
     images = fid.pop("images", {})

@@ -263,6 +263,9 @@ def set_anchor(checkpoint: str | Path, anchor: float, donor: str | Path, out: st
     if float(anchor) not in anchors:
         raise InputError(f"{checkpoint} has no scale anchor {anchor:g} (its anchors: "
                          f"{', '.join(f'{a:g}' for a in anchors) or 'none'})")
+    if given["config"].get("scale_anchors"):
+        raise InputError(f"{donor} has scale anchors of its own: the donor must be a plain network (its weights are "
+                         f"the same at every factor)")
     k = anchors.index(float(anchor))
     prefix = f"anchor_offsets.{k}."
 
@@ -442,7 +445,8 @@ def add_cli(sub) -> None:
                                                     "checkpoint's (a plain network's)")
     g.add_argument("checkpoint", metavar="CHECKPOINT", help="a run's last.pt with scale_anchors")
     g.add_argument("--anchor", type=float, required=True, help="the anchor factor to set (one of its scale_anchors)")
-    g.add_argument("--from", dest="donor", required=True, metavar="DONOR", help="the checkpoint whose weights it gets")
+    g.add_argument("--from", dest="donor", required=True, metavar="DONOR",
+                   help="a checkpoint of a plain network (no scale anchors) whose weights, net and EMA, it gets")
     g.add_argument("--out", required=True, help="the checkpoint to write, for predictor-export")
     g.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     e = sub.add_parser("predictor-export", help="write a model folder: the prior plus the predictor's EMA weights")

@@ -164,7 +164,7 @@ def test_a_scale_conditioned_predictor_starts_as_the_blind_one_and_then_depends_
         assert torch.equal(told(x, 7, s), blind(x, 7))
     with pytest.raises(ValueError, match="upscaling factor"):
         told(x, 7)
-    for bad in (1.0, 0.5, float("nan"), [2.0, 2.0, 2.0]):
+    for bad in (0.0, -2.0, float("nan"), [2.0, 2.0, 2.0]):
         with pytest.raises(ValueError, match="scale"):
             told(x, 7, bad)
     assert torch.equal(blind(x, 7, 3.0), blind(x, 7))  # a blind network ignores it
@@ -187,11 +187,40 @@ def test_a_scale_conditioned_predictor_starts_as_the_blind_one_and_then_depends_
     with_two = src(dataclasses.replace(_ctx(frames, [0], t=7), scale=2.0))
     assert torch.allclose(with_two, told(frames, 7, 2.0), rtol=1e-5, atol=1e-4)  # NHWC on the CPU: rounding only
     assert not torch.allclose(src(dataclasses.replace(_ctx(frames, [0], t=7), scale=4.0)), with_two, atol=1e-2)
+    # a pass at the input's size (--size equal to it, or --fit pad alone) is 1x, and below it counts as 1x
+    at_one = src(dataclasses.replace(_ctx(frames, [0], t=7), scale=1.0))
+    assert torch.equal(src(dataclasses.replace(_ctx(frames, [0], t=7), scale=0.8)), at_one)
     with pytest.raises(ModelError, match="upscaling factor"):
         src(_ctx(frames, [0], t=7))
     with pytest.raises(ValueError, match="even"):
         NoisePredictor(scale_features=3)
 
+
+
+def test_the_engine_passes_its_factor_and_a_same_size_pass_runs(tmp_path):
+    """Through `Upscaler` on a tiny prior: the anchored predictor gets the engine's factor, and
+    a pass at the input's size (scale 1: --size equal to the input, or --fit pad alone) runs."""
+    from tests.conftest import build_tiny_model_dir
+    from vsr.config import EngineConfig
+    from vsr.engine import Upscaler
+    from vsr.models import load_model
+
+    model = load_model(str(build_tiny_model_dir(tmp_path / "prior", prediction_type="v_prediction")))
+    net = NoisePredictor(**{**tiny_predictor(beta_schedule="linear").config, "scale_anchors": [2, 4]})
+    with torch.no_grad():
+        for p in net.anchor_offsets[1].values():
+            p.normal_(std=0.2, generator=torch.Generator().manual_seed(6))
+        torch.nn.init.normal_(net.tail.weight, std=0.1)
+    frames = torch.rand(1, 3, 16, 24, generator=torch.Generator().manual_seed(7))
+    seen = []
+    noise = PredictedNoise(net, scales=[1, 8], levels=[0.02, 0.02])
+    original = noise.detail
+    noise.detail = lambda x, t, dtype=torch.float32, scale=None: seen.append(scale) or original(x, t, dtype, scale)
+    for scale in (1, 2, 3):
+        up = Upscaler(model, EngineConfig().replace(scale=scale, steps=1, device="cpu", dtype="float32"), noise=noise)
+        out = up.upscale_tensor(frames)
+        assert out.shape == (1, 3, 16 * scale, 24 * scale) and bool(torch.isfinite(out).all())
+    assert seen == [1.0, 2.0, 3.0]
 
 
 def test_anchor_weights_are_hats_in_log_scale():
@@ -212,7 +241,7 @@ def test_an_anchored_predictor_blends_its_weights_by_the_scale(tmp_path):
     missing, unexpected = anchored.load_state_dict(plain.state_dict(), strict=False)
     assert missing and all(k.startswith("anchor_offsets.") for k in missing) and not unexpected
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
-    for s in (1.5, 2.0, 3.0, 8.0):  # zero offsets: exactly the plain network
+    for s in (1.0, 1.5, 2.0, 3.0, 8.0):  # zero offsets: exactly the plain network
         assert torch.equal(anchored(x, 9, s), plain(x, 9))
     with pytest.raises(ValueError, match="upscaling factor"):
         anchored(x, 9)
@@ -810,6 +839,8 @@ def test_one_anchor_can_take_another_runs_weights_and_export(tmp_path, capsys):
         ([str(anch), "--anchor", "4", "--from", str(tmp_path / "wide" / "last.pt"), "--out", str(tmp_path / "x.pt")],
          InputError.exit_code, "does not fit"),
         ([str(anch), "--anchor", "4", "--from", str(plain), "--out", str(anch)], UsageError.exit_code, "one of the inputs"),
+        ([str(anch), "--anchor", "4", "--from", str(anch), "--out", str(tmp_path / "x.pt")], InputError.exit_code,
+         "plain network"),
     ):
         assert main(["train", "predictor-set-anchor", *args]) == code, args
         err = capsys.readouterr().err.strip()

@@ -170,7 +170,7 @@ class NoisePredictor(ModelMixin, ConfigMixin):
     x_up: (N, 3, H, W) in [-1, 1], the input resized to the target (vsr.core.resample);
     H and W must be multiples of `size_multiple` (`PredictedNoise` pads). t: an int or
     an (N,) integer tensor in [1, T). scale: the upscaling factor (a float or an (N,)
-    tensor, > 1), required when `scale_features` > 0 (ValueError without it), ignored
+    tensor, > 0; below 1 it counts as 1, a pass at the input's size), required when `scale_features` > 0 (ValueError without it), ignored
     otherwise. The schedule (num_train_timesteps, beta_schedule)
     must be the prior's; `alphas_cumprod` is rebuilt from it, not stored.
     """
@@ -247,9 +247,9 @@ class NoisePredictor(ModelMixin, ConfigMixin):
             s = s.expand(n)
         if s.numel() != n:
             raise ValueError(f"NoisePredictor: got {s.numel()} scales for a batch of {n}")
-        if not bool(torch.isfinite(s).all()) or bool((s <= 1).any()):
-            raise ValueError("NoisePredictor: scales must be finite and > 1")
-        return s
+        if not bool(torch.isfinite(s).all()) or bool((s <= 0).any()):
+            raise ValueError("NoisePredictor: scales must be finite and > 0")
+        return s.clamp_min(1.0)  # a pass at the input's size (or below it) is treated as 1x
 
     def detail(self, x_up: torch.Tensor, t: int | torch.Tensor,
                scale: float | torch.Tensor | None = None) -> torch.Tensor:
