@@ -106,6 +106,18 @@ def load_val_crops(corpus: str | Path, crop: int, max_images: int) -> torch.Tens
     return load_crops(Path(corpus) / "images" / "val", crop, max_images)
 
 
+def upscale_factor(hr: torch.Tensor, low: torch.Tensor) -> float:
+    """The factor from low (..., h, w) to hr (..., H, W): the geometric mean of the two
+    axes', as `Engine.scale_for` gives the predictor."""
+    return math.sqrt(hr.shape[-2] / low.shape[-2] * hr.shape[-1] / low.shape[-1])
+
+
+def ema_by_name(state: dict) -> dict[str, torch.Tensor]:
+    """A checkpoint's EMA weights by parameter name (the shadow list is in parameter order,
+    which is the net's state-dict order: its one buffer is not persistent)."""
+    return dict(zip(state["net"], state["ema"]["shadow_params"]))
+
+
 @torch.no_grad()
 def evaluate(
     predictor, denoiser, alphas_cumprod: torch.Tensor, hr: torch.Tensor, scales, levels, steps: int,
@@ -127,7 +139,7 @@ def evaluate(
         low01 = (low01 * 255).round() / 255  # 8-bit input, as the engine gets it
         low = (low01 * 2 - 1).to(device)
         up = resample(low, (H, W))
-        factor = math.sqrt(H / low.shape[-2] * W / low.shape[-1])  # as Engine.scale_for
+        factor = upscale_factor(hr, low)
         row: dict = {}
         if baselines:
             row["bicubic"] = _scores(_u8(up), refs, s)
@@ -227,7 +239,7 @@ class PredictorTrainer:
         if unexpected or any(not k.startswith(("scale_emb.", "anchor_offsets.")) for k in missing):
             raise ConfigError(f"init_checkpoint: its network does not fit this config's (missing "
                               f"{', '.join(missing) or 'nothing'}; unexpected {', '.join(unexpected) or 'nothing'})")
-        shadow = dict(zip(state["net"], state["ema"]["shadow_params"]))  # parameters in state-dict order
+        shadow = ema_by_name(state)
         with torch.no_grad():
             for name, p in self.net.named_parameters():
                 if name in shadow:
@@ -253,7 +265,7 @@ class PredictorTrainer:
 
         hr, low = hr.to(self.device) * 2 - 1, low.to(self.device) * 2 - 1
         up = resample(low, tuple(hr.shape[-2:]))
-        eps = self.net(up, t, math.sqrt(hr.shape[-2] / low.shape[-2] * hr.shape[-1] / low.shape[-1]))
+        eps = self.net(up, t, upscale_factor(hr, low))
         if direct:
             x_t = add_noise(up, eps, t, self.alphas_cumprod)
             out = back_project(x_t, low, self.cfg.consistency) if self.cfg.consistency else x_t

@@ -77,6 +77,7 @@ from .predictor_trainer import (  # noqa: F401 - re-exported: their old home
     _u8,
     band_energy,
     detail_loss,
+    ema_by_name,
     evaluate,
     load_val_crops,
     save_checkpoint,
@@ -269,11 +270,8 @@ def set_anchor(checkpoint: str | Path, anchor: float, donor: str | Path, out: st
     k = anchors.index(float(anchor))
     prefix = f"anchor_offsets.{k}."
 
-    def by_name(st: dict) -> dict[str, torch.Tensor]:
-        return dict(zip(st["net"], st["ema"]["shadow_params"]))  # parameters in state-dict order
-
     names = list(state["net"])
-    shadow, donor_net, donor_shadow = by_name(state), given["net"], by_name(given)
+    shadow, donor_net, donor_shadow = ema_by_name(state), given["net"], ema_by_name(given)
     for store, source in ((state["net"], donor_net), (shadow, donor_shadow)):
         for key in [n for n in names if n.startswith(prefix)]:
             body = key[len(prefix):].replace("-", ".")

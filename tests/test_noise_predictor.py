@@ -266,6 +266,10 @@ def test_an_anchored_predictor_blends_its_weights_by_the_scale(tmp_path):
     assert torch.allclose(at[2 * math.sqrt(2)], plain_with([0.5, 0.5, 0]).detail(x, 9), atol=1e-6)
     assert torch.allclose(at[8.0], plain_with([0, 0, 1]).detail(x, 9), atol=1e-6)
     assert not torch.allclose(at[2.0], at[8.0], atol=1e-3)
+    # for inference the blend is folded once into a plain network with the same output
+    folded = anchored.at_scale(2 * math.sqrt(2))
+    assert not folded.config.scale_anchors and not hasattr(folded, "anchor_offsets")
+    assert torch.equal(folded.detail(x, 9), at[2 * math.sqrt(2)]) and plain.at_scale(3.0) is plain
     # a batch of mixed factors: each sample as if alone; gradients reach only the anchors in use
     mixed = anchored.detail(x, 9, torch.tensor([2.0, 8.0, 2.0]))
     assert torch.allclose(mixed[[0, 2]], at[2.0][[0, 2]], atol=1e-6) and torch.allclose(mixed[1], at[8.0][1], atol=1e-6)
@@ -283,6 +287,9 @@ def test_an_anchored_predictor_blends_its_weights_by_the_scale(tmp_path):
     together = src(dataclasses.replace(_ctx(frames, [0, 1, 2]), scale=3.0))
     for i in range(3):
         assert torch.equal(src(dataclasses.replace(_ctx(frames[i : i + 1], [i]), scale=3.0)), together[i : i + 1])
+    assert [k[2] for k in src._nets] == [3.0]  # one folded network for the scale, reused for every frame
+    with pytest.raises(ModelError, match="upscaling factor"):
+        src(_ctx(frames, [0, 1, 2]))
     for bad in ([2.0], [4.0, 2.0], [1.0, 2.0], [2.0, 2.0]):
         with pytest.raises(ValueError, match="scale_anchors"):
             NoisePredictor(scale_anchors=bad)

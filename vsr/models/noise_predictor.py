@@ -251,6 +251,34 @@ class NoisePredictor(ModelMixin, ConfigMixin):
             raise ValueError("NoisePredictor: scales must be finite and > 0")
         return s.clamp_min(1.0)  # a pass at the input's size (or below it) is treated as 1x
 
+    @property
+    def needs_scale(self) -> bool:
+        """Whether calls must pass the upscaling factor (scale_features or scale_anchors)."""
+        return bool(self.config.scale_features or self.config.scale_anchors)
+
+    def _blended(self, factor: float) -> dict[str, torch.Tensor]:
+        """The path's weights at an upscaling factor: w + sum_k a_k(factor) offset_k."""
+        a = anchor_weights(max(float(factor), 1.0), self.config.scale_anchors)
+        return {k: p + sum(ak * off[k.replace(".", "-")] for ak, off in zip(a, self.anchor_offsets) if ak)
+                for k, p in self._body.named_parameters()}
+
+    def at_scale(self, factor: float) -> "NoisePredictor":
+        """For inference at one factor: an anchored network's blend at `factor` folded into a
+        plain network (no scale_anchors; same device and dtype, the same output as
+        `detail(x, t, factor)`), so the blend is made once, not per call. A network without
+        anchors is returned as it is."""
+        if not self.config.scale_anchors:
+            return self
+        factor = self._scales(factor, 1, torch.device("cpu")).item()  # float32 and checked, as `detail` has it
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        p = next(self.parameters())
+        plain = torch.nn.Module.to(NoisePredictor(**{**config, "scale_anchors": None}), p.device, p.dtype)
+        with torch.no_grad():
+            state = {k: v for k, v in self.state_dict().items() if not k.startswith("anchor_offsets.")}
+            state.update(self._blended(factor))
+            plain.load_state_dict(state)
+        return plain.eval().requires_grad_(False)
+
     def detail(self, x_up: torch.Tensor, t: int | torch.Tensor,
                scale: float | torch.Tensor | None = None) -> torch.Tensor:
         """d: (N, 3, H, W), the image the start x_t equals minus x_up."""
@@ -268,14 +296,10 @@ class NoisePredictor(ModelMixin, ConfigMixin):
         # anchored: the path's weights are w + sum_k a_k(scale) offset_k, one blend per distinct scale
         factors = self._scales(scale, n, x_up.device).tolist()
         out = torch.empty_like(x_up)
-        params = dict(self._body.named_parameters())
         for f in sorted(set(factors)):
             idx = [i for i, v in enumerate(factors) if v == f]
-            a = anchor_weights(f, self.config.scale_anchors)
-            blended = {k: p + sum(ak * off[k.replace(".", "-")] for ak, off in zip(a, self.anchor_offsets) if ak)
-                       for k, p in params.items()}
-            with _SWAP:
-                d = torch.func.functional_call(self._body, blended, (x_up[idx], emb[idx]))
+            with _SWAP:  # training and tests; inference runs `at_scale`'s plain network
+                d = torch.func.functional_call(self._body, self._blended(f), (x_up[idx], emb[idx]))
             if len(idx) == n:
                 return d
             out[idx] = d

@@ -88,7 +88,7 @@ class PredictedNoise:
         self.base = base
         self.max_pixels, self.tile, self.overlap = int(max_pixels), int(tile), int(overlap)
         self.source = source
-        self._nets: dict[tuple[torch.device, torch.dtype], torch.nn.Module] = {}
+        self._nets: dict[tuple[torch.device, torch.dtype, float | None], torch.nn.Module] = {}
 
     # -- the NoiseSource protocol ---------------------------------------------------------
     def noise_level(self, scale: float) -> float | None:
@@ -115,7 +115,7 @@ class PredictedNoise:
         t = int(ctx.timestep)
         a = float(ac[t])
         sa, sb = a**0.5, (1.0 - a) ** 0.5
-        if getattr(self.predictor.config, "scale_features", 0) and ctx.scale is None:
+        if self.predictor.needs_scale and ctx.scale is None:
             raise ModelError("noise predictor: it is conditioned on the upscaling factor and the context has none")
         x_up = ctx.upsampled.float()
         eps = torch.stack([self._eps(x_up[i : i + 1], t, sa, sb, ctx.dtype, ctx.scale)[0]
@@ -125,12 +125,15 @@ class PredictedNoise:
         return eps
 
     # -- pieces ------------------------------------------------------------------------
-    def _net(self, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-        key = (device, dtype)
+    def _net(self, device: torch.device, dtype: torch.dtype, scale: float | None = None) -> torch.nn.Module:
+        """The predictor on this device and dtype (NHWC on the CPU), an anchored one folded
+        to plain weights at `scale` (`NoisePredictor.at_scale`): made once per key, not per frame."""
+        anchored = bool(getattr(self.predictor.config, "scale_anchors", None))
+        key = (device, dtype, scale if anchored else None)
         if key not in self._nets:
-            net = self.predictor
+            net = self.predictor.at_scale(scale) if anchored else self.predictor
             p = next(net.parameters())
-            if (p.device, p.dtype) != key:
+            if (p.device, p.dtype) != (device, dtype):
                 net = torch.nn.Module.to(copy.deepcopy(net), device=device, dtype=dtype)
             if device.type == "cpu":  # NHWC: oneDNN's convolutions are 1.25-1.4x faster on it (benchmarks.engine)
                 net = torch.nn.Module.to(net if net is not self.predictor else copy.deepcopy(net),
@@ -142,7 +145,7 @@ class PredictedNoise:
                scale: float | None = None) -> torch.Tensor:
         """d (1, 3, H, W) float32 for one frame x_up (1, 3, H, W) in [-1, 1] upscaled by
         `scale` (needed by a predictor conditioned on it)."""
-        net = self._net(x_up.device, dtype)
+        net = self._net(x_up.device, dtype, scale)
         r = int(net.size_multiple)
         h, w = x_up.shape[-2:]
         ph, pw = (-h) % r, (-w) % r
