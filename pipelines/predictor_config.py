@@ -22,6 +22,9 @@ class PredictorTrainConfig(YamlConfig):
     # packed crops (RUN/crops.npz unless given)
     crops_file: str | None = None
     init_checkpoint: str | None = None  # start a new run from another run's EMA weights (not its optimiser)
+    # train only the parameters whose names start with one of these (none: all); e.g.
+    # "anchor_offsets.0." fine-tunes the first scale anchor and leaves every other factor's weights as they are
+    trainable: tuple[str, ...] = ()
     pack_count: int = 640
     pack_size: int = 160
     pack_max_downscale: float = 2.0

@@ -199,6 +199,7 @@ class PredictorTrainer:
             raise ConfigError(f"t_max: got {cfg.t_max}, need < {len(self.alphas_cumprod)} (the prior's timesteps)")
         if not torch.allclose(self.net.alphas_cumprod.cpu(), self.alphas_cumprod.cpu(), rtol=1e-6, atol=1e-9):
             raise ConfigError("the prior's noise schedule is not one NoisePredictor can rebuild (DDPM betas)")
+        _freeze_all_but(self.net, cfg.trainable)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.ema = EMAModel(self.net.parameters(), decay=cfg.ema_decay)
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -310,6 +311,22 @@ class PredictorTrainer:
     def validate(self, baselines: bool = False) -> dict:
         return evaluate(self.ema_net(), self.denoiser, self.alphas_cumprod, self.val, self.cfg.val_scales,
                         self.cfg.val_t, self.cfg.val_steps, self.cfg.consistency, baselines=baselines)
+
+
+def _freeze_all_but(net: torch.nn.Module, prefixes: tuple[str, ...]) -> None:
+    """Only parameters named with one of `prefixes` keep requires_grad (none given: all do).
+    Frozen ones get no gradient, so AdamW leaves them and the EMA copies them unchanged.
+    ConfigError when a prefix names no parameter, or when nothing would train."""
+    if not prefixes:
+        return
+    names = [n for n, _ in net.named_parameters()]
+    for prefix in prefixes:
+        if not any(n.startswith(prefix) for n in names):
+            sample = sorted({n.split(".")[0] for n in names})
+            raise ConfigError(f"trainable: {prefix!r} names no parameter of this network "
+                              f"(its top-level names: {', '.join(sample)})")
+    for name, p in net.named_parameters():
+        p.requires_grad_(name.startswith(tuple(prefixes)))
 
 
 def _schedule_of(prior) -> tuple[int, str]:

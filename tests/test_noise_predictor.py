@@ -855,6 +855,35 @@ def test_one_anchor_can_take_another_runs_weights_and_export(tmp_path, capsys):
     assert not (tmp_path / "x.pt").exists()
 
 
+def test_trainable_trains_one_anchor_and_leaves_every_other_weight_exactly(tmp_path):
+    """trainable: ("anchor_offsets.0.",) fine-tunes the 2x anchor from a warm start; the base
+    weights, the 4x anchor and so the output at 4x stay bit-for-bit the warm start's, through
+    a resume too; a prefix that names nothing is a one-line ConfigError."""
+    crops, prior = textured_crops(), tiny_prior()
+    kw = dict(progress=False, prior=prior, crops=crops)
+    anch = dict(scale_anchors=(2.0, 4.0), scale_min=2.0, scale_max=2.8, lr=3e-2)
+    first = tnp.train(tiny_cfg(tmp_path / "a", **anch), **kw)
+    start = dict(first.ema_net().named_parameters())
+    cfg = tiny_cfg(tmp_path / "b", init_checkpoint=str(tmp_path / "a" / "last.pt"), trainable=("anchor_offsets.0.",),
+                   **anch)
+    tnp.train(cfg, stop_at=2, **kw)
+    tuned = tnp.train(cfg, resume=True, **kw)
+    assert tuned.step == 4
+    for net in (tuned.net, tuned.ema_net()):
+        for name, p in net.named_parameters():
+            if name.startswith("anchor_offsets.0."):
+                continue
+            assert torch.equal(p, start[name]), name
+    moved = [n for n, p in tuned.ema_net().named_parameters() if not torch.equal(p, start[n])]
+    assert moved and all(n.startswith("anchor_offsets.0.") for n in moved)
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    assert torch.equal(tuned.ema_net()(x, 30, 4.0), first.ema_net()(x, 30, 4.0))
+    assert not torch.equal(tuned.ema_net()(x, 30, 2.0), first.ema_net()(x, 30, 2.0))
+    with pytest.raises(ConfigError, match="trainable: 'anchor_offsets.7.' names no parameter"):
+        tnp.train(tiny_cfg(tmp_path / "c", trainable=("anchor_offsets.7.",), **anch), stop_at=0, **kw)
+    assert tnp.PredictorTrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
 def test_config_errors_name_the_field(tmp_path):
     from vsr.errors import ConfigError
 
