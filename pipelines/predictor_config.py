@@ -110,6 +110,8 @@ class PredictorTrainConfig(YamlConfig):
         if self.shift_weight > 0 and not 1 <= self.shift_block <= self.crop - self.shift_max - 16:
             raise ConfigError(f"shift_block: got {self.shift_block}, need 1..{self.crop - self.shift_max - 16} "
                               f"(the overlap of a window and its shifted copy, 8 pixels in from each edge)")
+        if any(not prefix for prefix in self.trainable):
+            raise ConfigError("trainable: an empty prefix names every parameter; leave trainable out to train them all")
         if self.data_workers < 0:
             raise ConfigError(f"data_workers: got {self.data_workers}, need >= 0")
         if self.batch_size < 1 or self.steps < 0:

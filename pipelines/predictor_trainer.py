@@ -199,7 +199,7 @@ class PredictorTrainer:
             raise ConfigError(f"t_max: got {cfg.t_max}, need < {len(self.alphas_cumprod)} (the prior's timesteps)")
         if not torch.allclose(self.net.alphas_cumprod.cpu(), self.alphas_cumprod.cpu(), rtol=1e-6, atol=1e-9):
             raise ConfigError("the prior's noise schedule is not one NoisePredictor can rebuild (DDPM betas)")
-        _freeze_all_but(self.net, cfg.trainable)
+        _freeze_all_but(self.net, cfg.trainable, (cfg.scale_min, cfg.scale_max))
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.ema = EMAModel(self.net.parameters(), decay=cfg.ema_decay)
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -293,14 +293,16 @@ class PredictorTrainer:
         direct = self.step < self.cfg.direct_steps
         loss, parts = self.loss(hr, low, t, steps, direct, shift[0] if shift else None)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
-        self.opt.step()
+        trained = loss.requires_grad  # False: a batch at a factor where no `trainable` weight counts
+        if trained:
+            loss.backward()
+            if self.cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
+            self.opt.step()
         self.ema.step(self.net.parameters())
         self.step += 1
         return {"loss": float(loss.detach()), **parts, "t": t, "steps": 0 if direct else steps,
-                "scale": round(hr.shape[-1] / low.shape[-1], 2)}
+                "scale": round(hr.shape[-1] / low.shape[-1], 2), **({} if trained else {"skipped": True})}
 
     def ema_net(self) -> torch.nn.Module:
         """A copy of the predictor with the EMA weights (what gets exported)."""
@@ -313,10 +315,12 @@ class PredictorTrainer:
                         self.cfg.val_t, self.cfg.val_steps, self.cfg.consistency, baselines=baselines)
 
 
-def _freeze_all_but(net: torch.nn.Module, prefixes: tuple[str, ...]) -> None:
+def _freeze_all_but(net: torch.nn.Module, prefixes: tuple[str, ...], scale_range: tuple[float, float]) -> None:
     """Only parameters named with one of `prefixes` keep requires_grad (none given: all do).
     Frozen ones get no gradient, so AdamW leaves them and the EMA copies them unchanged.
-    ConfigError when a prefix names no parameter, or when nothing would train."""
+    ConfigError when a prefix names no parameter, or when all it names are the offsets of
+    scale anchors whose blend weight is 0 at every factor in `scale_range` (they would never
+    train; a batch drawn where only some of them count is skipped, see `train_step`)."""
     if not prefixes:
         return
     names = [n for n, _ in net.named_parameters()]
@@ -325,8 +329,26 @@ def _freeze_all_but(net: torch.nn.Module, prefixes: tuple[str, ...]) -> None:
             sample = sorted({n.split(".")[0] for n in names})
             raise ConfigError(f"trainable: {prefix!r} names no parameter of this network "
                               f"(its top-level names: {', '.join(sample)})")
+    chosen = [n for n in names if n.startswith(tuple(prefixes))]
+    if not any(_counts_in(n, net, scale_range) for n in chosen):
+        lo, hi = scale_range
+        raise ConfigError(f"trainable: {', '.join(prefixes)} name only scale anchors whose weight is 0 at every "
+                          f"factor in scale_min..scale_max ({lo:g}..{hi:g}): nothing would train")
     for name, p in net.named_parameters():
-        p.requires_grad_(name.startswith(tuple(prefixes)))
+        p.requires_grad_(name in chosen)
+
+
+def _counts_in(name: str, net: torch.nn.Module, scale_range: tuple[float, float]) -> bool:
+    """Whether parameter `name` takes part in the output at some factor in scale_range: all
+    do but an anchor's offsets (`anchor_offsets.I.`), whose blend weight is 0 outside the
+    neighbouring anchors (`anchor_weights`); checked on 257 log-spaced factors."""
+    from vsr.models.noise_predictor import anchor_weights
+
+    if not name.startswith("anchor_offsets."):
+        return True
+    i = int(name.split(".")[1])
+    lo, hi = scale_range
+    return any(anchor_weights(lo * (hi / lo) ** (k / 256), net.config.scale_anchors)[i] > 0 for k in range(257))
 
 
 def _schedule_of(prior) -> tuple[int, str]:

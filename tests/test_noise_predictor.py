@@ -881,7 +881,37 @@ def test_trainable_trains_one_anchor_and_leaves_every_other_weight_exactly(tmp_p
     assert not torch.equal(tuned.ema_net()(x, 30, 2.0), first.ema_net()(x, 30, 2.0))
     with pytest.raises(ConfigError, match="trainable: 'anchor_offsets.7.' names no parameter"):
         tnp.train(tiny_cfg(tmp_path / "c", trainable=("anchor_offsets.7.",), **anch), stop_at=0, **kw)
+    with pytest.raises(ConfigError, match="empty prefix"):
+        tiny_cfg(tmp_path / "c", trainable=("",), **anch)
+    # resuming with other trainable weights would unfreeze what the run kept: refused, the run untouched
+    before = (tmp_path / "b" / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="--resume"):
+        tnp.train(dataclasses.replace(cfg, trainable=("anchor_offsets.1.",), steps=6), resume=True, **kw)
+    assert (tmp_path / "b" / "config.yaml").read_text() == before
     assert tnp.PredictorTrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_trainable_anchors_that_never_count_are_refused_and_batches_where_they_do_not_are_skipped(tmp_path):
+    """The 4x anchor alone counts at every factor above 2x, not at exactly 2x; the 8x anchor
+    on factors 2-2.8 never counts: a one-line ConfigError before any folder is made.
+    A batch drawn at exactly 2x (where the 4x anchor's weight is 0) has no gradient: the step
+    is counted, skipped, and nothing moves."""
+    crops, prior = textured_crops(), tiny_prior()
+    kw = dict(progress=False, prior=prior, crops=crops)
+    with pytest.raises(ConfigError, match="weight is 0 at every factor"):
+        tnp.train(tiny_cfg(tmp_path / "never", scale_anchors=(2.0, 4.0, 8.0), scale_min=2.0, scale_max=2.8,
+                           trainable=("anchor_offsets.2.",)), **kw)
+    assert not (tmp_path / "never").exists()
+    # factors 2-2.05 draw 16-pixel inputs for the 32-pixel crops: every batch exactly 2x
+    cfg = tiny_cfg(tmp_path / "at2", scale_anchors=(2.0, 4.0, 8.0), scale_min=2.0, scale_max=2.05,
+                   trainable=("anchor_offsets.1.",))
+    trainer = tnp.train(cfg, stop_at=0, **kw)
+    start = _params(trainer).clone()
+    info = trainer.train_step()
+    assert info["skipped"] and info["scale"] == 2.0 and trainer.step == 1
+    assert torch.equal(_params(trainer), start)
+    moving = tnp.train(dataclasses.replace(cfg, run_dir=str(tmp_path / "at3"), scale_min=3.0, scale_max=3.0), **kw)
+    assert moving.step == 4 and not torch.equal(_params(moving), start)
 
 
 def test_config_errors_name_the_field(tmp_path):
