@@ -329,7 +329,7 @@ def _freeze_all_but(net: torch.nn.Module, prefixes: tuple[str, ...], scale_range
             sample = sorted({n.split(".")[0] for n in names})
             raise ConfigError(f"trainable: {prefix!r} names no parameter of this network "
                               f"(its top-level names: {', '.join(sample)})")
-    chosen = [n for n in names if n.startswith(tuple(prefixes))]
+    chosen = {n for n in names if n.startswith(tuple(prefixes))}
     if not any(_counts_in(n, net, scale_range) for n in chosen):
         lo, hi = scale_range
         raise ConfigError(f"trainable: {', '.join(prefixes)} name only scale anchors whose weight is 0 at every "
@@ -340,15 +340,17 @@ def _freeze_all_but(net: torch.nn.Module, prefixes: tuple[str, ...], scale_range
 
 def _counts_in(name: str, net: torch.nn.Module, scale_range: tuple[float, float]) -> bool:
     """Whether parameter `name` takes part in the output at some factor in scale_range: all
-    do but an anchor's offsets (`anchor_offsets.I.`), whose blend weight is 0 outside the
-    neighbouring anchors (`anchor_weights`); checked on 257 log-spaced factors."""
+    do but an anchor's offsets (`anchor_offsets.I.`), whose blend weight (`anchor_weights`)
+    is piecewise linear in log2(scale) with its corners at the anchors, so its largest value
+    on the range is at an end or at an anchor inside it."""
     from vsr.models.noise_predictor import anchor_weights
 
     if not name.startswith("anchor_offsets."):
         return True
     i = int(name.split(".")[1])
     lo, hi = scale_range
-    return any(anchor_weights(lo * (hi / lo) ** (k / 256), net.config.scale_anchors)[i] > 0 for k in range(257))
+    anchors = net.config.scale_anchors
+    return any(anchor_weights(s, anchors)[i] > 0 for s in (lo, hi, *(a for a in anchors if lo <= a <= hi)))
 
 
 def _schedule_of(prior) -> tuple[int, str]:
