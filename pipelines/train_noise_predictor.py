@@ -47,6 +47,7 @@ import torch
 import yaml
 
 from vsr.core.resample import resample  # noqa: F401 - re-exported: its old home
+from vsr.calibrate import PREDICTOR_GRID, PREDICTOR_RULE
 from vsr.errors import ConfigError, InputError, OutputError, UsageError
 from vsr.jobs.files import write_new_file
 
@@ -87,7 +88,7 @@ from .predictor_trainer import (  # noqa: F401 - re-exported: their old home
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_GRID = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2)
+CALIBRATION_GRID = PREDICTOR_GRID  # `vsr calibrate --noise-predictor` measures with the same grid and rule
 CALIBRATION_SCALES = (2.0, 3.0, 4.0, 6.0, 8.0)
 
 
@@ -351,8 +352,7 @@ def _write_export(out: Path, net, state: dict, cfg, checkpoint, location, card_p
         entry["consistency"] = consistency
         entry["calibration"] = {"steps": steps, "consistency": consistency, "images": int(len(hr)), "crop": cfg.val_crop,
                                 "grid": [float(g) for g in grid], "scores": scores,
-                                "rule": "lowest GMSD within 0.1 dB of the best Y-PSNR (held-out crops, 8-bit "
-                                        "antialiased-bicubic input)"}
+                                "rule": PREDICTOR_RULE}
     entry["architecture"] = {
         "class": "vsr.models.noise_predictor.NoisePredictor", "channels": cfg.channels, "num_blocks": cfg.num_blocks,
         "pixel_unshuffle": cfg.pixel_unshuffle, "deep_blocks": cfg.deep_blocks, "deep_channels": cfg.deep_channels,

@@ -71,6 +71,24 @@ def build_tiny_model_dir(
     return folder
 
 
+def with_noise_predictor(folder: Path, *, t=(0.05, 0.1), steps=None, **tiny) -> Path:
+    """A tiny model folder (`build_tiny_model_dir(folder, **tiny)`) with a noise_predictor/
+    (non-zero output) and its card entry (start t/T at 2x and 4x)."""
+    import torch
+
+    from vsr.models.noise_predictor import NoisePredictor
+
+    build_tiny_model_dir(folder, **tiny)
+    torch.manual_seed(1)
+    net = NoisePredictor(channels=8, num_blocks=1, pixel_unshuffle=2, emb_dim=8, beta_schedule="linear")
+    torch.nn.init.normal_(net.tail.weight, std=0.05)
+    net.save_pretrained(folder / "noise_predictor")
+    card = yaml.safe_load((folder / "model_card.yaml").read_text())
+    card["noise_predictor"] = {"scales": [2, 4], "t": list(t), "mix": 0.0, **({"steps": steps} if steps else {})}
+    (folder / "model_card.yaml").write_text(yaml.safe_dump(card))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny epsilon-prediction model folder (crop 32, no pixel-unshuffle); read-only please."""

@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import cv2
@@ -62,3 +63,65 @@ def test_calibrate_cli_writes_the_card_and_plots(tiny_model_dir, tmp_path, capsy
     assert card["crop"] == 32 and card["calibration"]["images"] == 3
     assert png.stat().st_size > 1000
     assert cli_main(["calibrate", "--model", str(model), "--images", str(tmp_path / "none")]) == 3
+
+
+def test_calibrate_noise_predictor_writes_its_start_per_scale_and_the_prf_ignores_it(tmp_path, capsys, photos):
+    """`vsr calibrate --noise-predictor` measures the predictor's start t/T per scale
+    (the export's rule: the lowest GMSD within 0.1 dB of the best Y-PSNR) into the card's
+    noise_predictor: entry, which the engine then runs; the PRF is plain Diff-SR's field
+    whether or not the model has a predictor."""
+    from tests.conftest import build_tiny_model_dir, with_noise_predictor
+    from vsr.engine import Upscaler
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for k, img in enumerate(_small(photos, 64)):
+        cv2.imwrite(str(images / f"{k}.png"), img[:, :, ::-1])
+    model = with_noise_predictor(tmp_path / "np", t=(0.05, 0.1), pixel_unshuffle=2)
+    entry = yaml.safe_load((model / "model_card.yaml").read_text())["noise_predictor"]
+    entry["architecture"] = {"channels": 8}  # provenance the calibration must keep
+    card = yaml.safe_load((model / "model_card.yaml").read_text())
+    card["noise_predictor"] = entry
+    (model / "model_card.yaml").write_text(yaml.safe_dump(card))
+    scores = tmp_path / "scores.json"
+    argv = ["calibrate", "--model", str(model), "--noise-predictor", "--scales", "2", "4", "--images", str(images),
+            "--grid", "0.005", "0.05", "0.3", "--crop", "32", "--dtype", "float32", "--steps", "1",
+            "--consistency", "2", "--out", str(scores)]
+    assert cli_main(argv) == 0
+    assert "written to" in capsys.readouterr().out
+    entry = yaml.safe_load((model / "model_card.yaml").read_text())["noise_predictor"]
+    assert entry["scales"] == [2.0, 4.0] and entry["steps"] == 1 and entry["consistency"] == 2
+    assert entry["architecture"] == {"channels": 8} and entry["mix"] == 0.0
+    assert entry["calibration"]["images"] == 3 and entry["calibration"]["scores"] == str(scores)
+    measured = json.loads(scores.read_text())
+    for s, t in zip(entry["scales"], entry["t"]):
+        row = {float(k[2:]): v for k, v in measured[f"{s:g}x"].items() if k.startswith("t=")}
+        assert set(row) == {0.005, 0.05, 0.3}
+        near = {lv: v for lv, v in row.items() if v["psnr"] >= max(r["psnr"] for r in row.values()) - 0.1}
+        assert t == min(near, key=lambda lv: near[lv]["gmsd"])
+    up = Upscaler.from_pretrained(str(model), scale=2, dtype="float32")
+    assert up.steps == 1 and up.consistency == 2 and up.timesteps_for(2.0) == (round(entry["t"][0] * 1000),)
+    # the scores stay in the card when no --out is given
+    assert cli_main(["calibrate", "--model", str(model), "--noise-predictor", "--scales", "2", "--images", str(images),
+                     "--grid", "0.05", "--crop", "32", "--dtype", "float32", "--max-images", "1"]) == 0
+    assert isinstance(yaml.safe_load((model / "model_card.yaml").read_text())["noise_predictor"]["calibration"]["scores"],
+                      dict)
+    capsys.readouterr()
+
+    # the PRF: the same numbers with and without a noise_predictor/ in the folder
+    plain = build_tiny_model_dir(tmp_path / "plain", pixel_unshuffle=2)
+    prf = ["--scales", "2", "--images", str(images), "--grid", "0.1", "0.3", "--crop", "32", "--dtype", "float32",
+           "--max-images", "2"]
+    for folder in (model, plain):
+        assert cli_main(["calibrate", "--model", str(folder), *prf, "--out", str(tmp_path / f"{folder.name}.png")]) == 0
+    with_np, without = (yaml.safe_load((f / "model_card.yaml").read_text()) for f in (model, plain))
+    assert with_np["calibration"]["w"] == without["calibration"]["w"] and with_np["prf"] == without["prf"]
+    assert with_np["calibration"]["steps"] == 2 and with_np["calibration"]["consistency"] == 1
+
+    # a model without a predictor: one line, exit 2, its card untouched
+    before = (plain / "model_card.yaml").read_bytes()
+    capsys.readouterr()
+    assert cli_main(["calibrate", "--model", str(plain), "--noise-predictor", *prf]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no noise_predictor/" in err and len(err.splitlines()) == 1
+    assert (plain / "model_card.yaml").read_bytes() == before

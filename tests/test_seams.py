@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import build_tiny_model_dir
+from tests.conftest import build_tiny_model_dir, with_noise_predictor
 from tests.media import moving_picture
 from vsr.config import EngineConfig
 from vsr.engine import Upscaler
@@ -102,25 +102,10 @@ def test_the_card_picks_the_method(tmp_path):
         del METHODS["traced-test"]
 
 
-def _with_predictor(folder, *, t=(0.05, 0.1), steps=None):
-    """A tiny model folder with a noise_predictor/ (non-zero output) and its card entry."""
-    from vsr.models.noise_predictor import NoisePredictor
-
-    build_tiny_model_dir(folder)
-    torch.manual_seed(1)
-    net = NoisePredictor(channels=8, num_blocks=1, pixel_unshuffle=2, emb_dim=8, beta_schedule="linear")
-    torch.nn.init.normal_(net.tail.weight, std=0.05)
-    net.save_pretrained(folder / "noise_predictor")
-    card = yaml.safe_load((folder / "model_card.yaml").read_text())
-    card["noise_predictor"] = {"scales": [2, 4], "t": list(t), "mix": 0.0, **({"steps": steps} if steps else {})}
-    (folder / "model_card.yaml").write_text(yaml.safe_dump(card))
-    return folder
-
-
 def test_a_model_with_a_noise_predictor_uses_it_unless_turned_off(tmp_path):
     from vsr.noise.predicted import PredictedNoise
 
-    d = _with_predictor(tmp_path / "np")
+    d = with_noise_predictor(tmp_path / "np")
     img = moving_picture(0, 40, 24)
     on = Upscaler.from_pretrained(str(d), scale=2, steps=1, dtype="float32")
     off = on.with_config(noise_predictor="off")
@@ -135,16 +120,16 @@ def test_a_model_with_a_noise_predictor_uses_it_unless_turned_off(tmp_path):
 
 
 def test_steps_auto_runs_the_count_the_predictor_was_calibrated_for(tmp_path):
-    d = _with_predictor(tmp_path / "np", steps=1)
+    d = with_noise_predictor(tmp_path / "np", steps=1)
     auto = Upscaler.from_pretrained(str(d), scale=2, dtype="float32")  # steps: auto, the default
     assert auto.config.steps == "auto" and auto.steps == 1 and auto.timesteps_for(2.0) == (50,)
     assert auto.with_config(steps=3).timesteps_for(2.0) == (50, 33, 17)  # an explicit count wins
     off = auto.with_config(noise_predictor="off")
     assert off.steps == 2 and off.timesteps_for(2.0) == (200, 100)  # plain Diff-SR: 2 steps, the card's PRF
-    uncalibrated = Upscaler.from_pretrained(str(_with_predictor(tmp_path / "np2")), scale=2, dtype="float32")
+    uncalibrated = Upscaler.from_pretrained(str(with_noise_predictor(tmp_path / "np2")), scale=2, dtype="float32")
     assert uncalibrated.steps == 2  # a card entry without steps: the default count
     assert Upscaler(auto.model, EngineConfig(scale=2), noise=RecordingSource()).steps == 2  # no calibrated_steps()
-    bad = _with_predictor(tmp_path / "np3", steps=99)
+    bad = with_noise_predictor(tmp_path / "np3", steps=99)
     with pytest.raises(ModelError, match="steps"):
         Upscaler.from_pretrained(str(bad), scale=2, dtype="float32").noise
     from vsr.cli import build_parser

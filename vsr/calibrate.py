@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_GRID = tuple(round(0.05 * i, 2) for i in range(1, 15))  # 0.05 .. 0.70
+# a noise predictor's start lies far below the PRF: its prediction is most of the answer
+PREDICTOR_GRID = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2)
+PREDICTOR_RULE = "lowest GMSD within 0.1 dB of the best Y-PSNR (held-out crops, 8-bit antialiased-bicubic input)"
 
 
 # -- pure maths -------------------------------------------------------------------
@@ -203,32 +206,60 @@ def add_cli(parser) -> None:
     parser.add_argument("--model", help="model name, folder or hub id (default: the shipped prior)")
     parser.add_argument("--scales", type=float, nargs="+", default=[2, 3, 4, 6, 8], help="upscaling factors")
     parser.add_argument("--images", required=True, help="a folder of high-resolution images (the truth)")
-    parser.add_argument("--grid", type=float, nargs="+", help="noise levels t/T to try (default 0.05..0.70)")
+    parser.add_argument("--noise-predictor", action="store_true",
+                        help="calibrate the model's noise predictor (InvSR) instead: its start t/T per scale, "
+                             "written to the card's noise_predictor: entry")
+    parser.add_argument("--grid", type=float, nargs="+",
+                        help="noise levels t/T to try (default 0.05..0.70; with --noise-predictor 0.001..0.2)")
     parser.add_argument("--crop", type=int, help="center-crop size (default: the model card's crop)")
     parser.add_argument("--max-images", type=int, default=8, help="use at most this many images")
-    parser.add_argument("--steps", type=int, default=2, help="DDIM steps per run")
-    parser.add_argument("--consistency", type=int, default=DEFAULT_CONSISTENCY,
-                        help=f"back-projection passes per step, as the engine will run (default {DEFAULT_CONSISTENCY})")
+    parser.add_argument("--steps", type=int,
+                        help="DDIM steps per run (default 2; with --noise-predictor the card's calibrated count, else 1)")
+    parser.add_argument("--consistency", type=int,
+                        help=f"back-projection passes per step, as the engine will run (default {DEFAULT_CONSISTENCY}; "
+                             f"with --noise-predictor the card's calibrated count, else {DEFAULT_CONSISTENCY})")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--out", help="PNG of the loss curves (default: calibration-<model>.png)")
+    parser.add_argument("--out", help="PNG of the loss curves (default: calibration-<model>.png); with "
+                        "--noise-predictor a JSON file of every score, which the card then names (default: in the card)")
     parser.add_argument("--write", action="store_true", help="write the shipped model's card in configs/models")
 
 
+def _card_target(model: str | None, write: bool) -> Path | None:
+    """Where `vsr calibrate` writes: a model folder's own model_card.yaml, the shipped
+    model's card in configs/models with --write, else nowhere (None)."""
+    kind, location, _ = resolve_model(model)
+    if kind == "local" and model is not None and Path(model).expanduser().is_dir():
+        return Path(location) / "model_card.yaml"
+    if kind == "local" and write:
+        return shipped_card_path(DEFAULT_MODEL if model is None else str(model))
+    return None
+
+
 def run_cli(args) -> int:
-    grid = sorted(args.grid or DEFAULT_GRID)
+    grid = sorted(args.grid or (PREDICTOR_GRID if args.noise_predictor else DEFAULT_GRID))
     if not all(0 < t < 1 for t in grid):
         raise UsageError("--grid values must be noise levels t/T in (0, 1)")
     if any(s <= 1 for s in args.scales):
         raise UsageError("--scales must be upscaling factors > 1")
     if args.max_images < 1:
         raise UsageError(f"--max-images must be at least 1, got {args.max_images}")
+    for name in ("steps", "consistency"):
+        low = 1 if name == "steps" else 0
+        if getattr(args, name) is not None and getattr(args, name) < low:
+            raise UsageError(f"--{name} must be at least {low}, got {getattr(args, name)}")
     scales = sorted(args.scales)
     png = Path(args.out) if args.out else None
     if png is not None and not png.parent.is_dir():  # fail before the long measurement
         raise OutputError(f"--out {png}: folder {png.parent} does not exist; create it first")
+    if args.noise_predictor:
+        return _run_predictor_cli(args, grid, scales)
+    # the PRF is plain Diff-SR's field (what --noise-predictor off runs): a model's
+    # predictor, when it has one, must not supply the noise being measured
     cfg = EngineConfig(
-        model=args.model, steps=args.steps, consistency=args.consistency, device=args.device, dtype=args.dtype, overlap=0
+        model=args.model, steps=2 if args.steps is None else args.steps,
+        consistency=DEFAULT_CONSISTENCY if args.consistency is None else args.consistency,
+        device=args.device, dtype=args.dtype, overlap=0, noise_predictor="off",
     )
     up = Upscaler.from_pretrained(config=cfg)
     card = up.model.card
@@ -243,19 +274,14 @@ def run_cli(args) -> int:
         tuple(scales),
         tuple(round(v, 3) for v in levels),
         calibration={
-            "date": datetime.date.today().isoformat(), "images": int(hr.shape[0]), "crop": crop, "steps": args.steps,
-            "consistency": args.consistency,
+            "date": datetime.date.today().isoformat(), "images": int(hr.shape[0]), "crop": crop, "steps": up.steps,
+            "consistency": up.consistency,
             "grid": [float(t) for t in grid], "w": round(settings["w"], 6), "c_s": round(settings["c_s"], 6),
             "c_f": round(settings["c_f"], 6),
             "fields": {f"{r.scale:g}": (list(r.field) if r.field else None) for r in results},
         },
     )
-    kind, location, _ = resolve_model(args.model)
-    target: Path | None = None
-    if kind == "local" and args.model is not None and Path(args.model).expanduser().is_dir():
-        target = Path(location) / "model_card.yaml"
-    elif kind == "local" and args.write:
-        target = shipped_card_path(DEFAULT_MODEL if args.model is None else str(args.model))
+    target = _card_target(args.model, args.write)
     if target is not None:
         new_card.save(target, header=f"Model card of {new_card.name}; prf measured by `vsr calibrate` (see calibration:).")
         print(f"PRF curve {list(scales)} -> {new_card.prf_t} written to {target}")
@@ -267,4 +293,56 @@ def run_cli(args) -> int:
     except (OSError, ValueError) as exc:  # unwritable, or an extension matplotlib cannot write
         raise OutputError(f"cannot write the loss curves to {png}: {exc}") from None
     print(f"loss curves saved to {png}" if saved else "PNG skipped: matplotlib is not installed")
+    return 0
+
+
+def _run_predictor_cli(args, grid: list[float], scales: list[float]) -> int:
+    """`vsr calibrate --noise-predictor`: the start t/T per scale of the model's noise
+    predictor (InvSR), by the rule of `vsr train predictor-export --calibrate`
+    (PREDICTOR_RULE), written to the card's `noise_predictor:` entry (scales, t, steps,
+    consistency, calibration); the rest of the entry (architecture, training) is kept.
+    Raises UsageError for a model without a noise predictor."""
+    import json
+
+    from vsr.noise.predicted import CARD_KEY, PredictedNoise
+    from vsr.pipelines.train_noise_predictor import calibrate as calibrate_start
+
+    up = Upscaler.from_pretrained(config=EngineConfig(model=args.model, device=args.device, dtype=args.dtype))
+    if not isinstance(up.noise, PredictedNoise):
+        raise UsageError(f"--noise-predictor: model {args.model or DEFAULT_MODEL} has no noise_predictor/ folder")
+    steps = args.steps if args.steps is not None else (up.noise.calibrated_steps() or 1)
+    consistency = args.consistency if args.consistency is not None else up.noise.calibrated_consistency()
+    consistency = DEFAULT_CONSISTENCY if consistency is None else consistency
+    card = up.model.card
+    crop = args.crop or card.crop
+    hr = load_crops(args.images, crop, args.max_images)
+    print(f"calibrating the noise predictor of {card.name} on {hr.shape[0]} crops of {crop}x{crop}, "
+          f"{len(scales)} scales x {len(grid)} start levels, {steps} step(s), {consistency} pass(es)")
+    chosen, scores = calibrate_start(up.noise.predictor, up.model, hr, scales=scales, grid=grid, steps=steps,
+                                     consistency=consistency, device=args.device, dtype=args.dtype)
+    for s, t in zip(chosen["scales"], chosen["t"]):
+        best = scores[f"{s:g}x"][f"t={t}"]
+        print(f"  {s:g}x: t/T {t:g} (Y-PSNR {best['psnr']:.3f}, GMSD {best['gmsd']:.4f}; "
+              f"bicubic {scores[f'{s:g}x']['bicubic']['psnr']:.3f})")
+    if args.out:
+        try:
+            Path(args.out).write_text(json.dumps(scores, indent=1) + "\n")
+        except OSError as exc:
+            raise OutputError(f"cannot write the scores to {args.out}: {exc.strerror or exc}") from None
+    entry = dict(card.extra.get(CARD_KEY) or {})
+    entry.update(chosen)
+    entry.update(steps=steps, consistency=consistency)
+    entry["calibration"] = {
+        "date": datetime.date.today().isoformat(), "steps": steps, "consistency": consistency,
+        "images": int(hr.shape[0]), "crop": crop, "grid": [float(t) for t in grid], "rule": PREDICTOR_RULE,
+        "scores": str(args.out) if args.out else scores,
+    }
+    new_card = dataclasses.replace(card, extra={**card.extra, CARD_KEY: entry})
+    target = _card_target(args.model, args.write)
+    if target is None:
+        print(f"start t/T {chosen['scales']} -> {chosen['t']} (not written: pass --write for a shipped model)")
+        return 0
+    new_card.save(target, header=f"Model card of {new_card.name}; noise_predictor start measured by "
+                                 "`vsr calibrate --noise-predictor` (see noise_predictor.calibration).")
+    print(f"start t/T {chosen['scales']} -> {chosen['t']} written to {target}")
     return 0
