@@ -84,7 +84,8 @@ def run(
             (Path(tmp) / p.name).symlink_to(p.resolve())
         hr = load_crops(tmp, crop, max_images=64)
     refs = to_u8(hr)
-    up = Upscaler.from_pretrained(model, steps=steps, consistency=consistency)
+    # the prior itself (plain noise injection): a model's noise predictor, when it has one, stays off
+    up = Upscaler.from_pretrained(model, steps=steps, consistency=consistency, noise_predictor="off")
     results: dict = {
         "images": len(refs), "names": [p.stem for p in images], "crop": crop, "steps": steps,
         "consistency": consistency, "degrade": degrade, "scales": {},
