@@ -110,9 +110,54 @@ def _describe(tp) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "text", type(None): "null"}.get(tp, str(tp))
 
 
+# What a resumed run may change: where and how it runs, what it reads from where, how often
+# it checkpoints and validates, and how long it goes on (the LR schedule then spans the new
+# `steps`). Every other field changes what a step computes, so the run would no longer be the
+# one its checkpoint continues.
+RESUMABLE_FIELDS = frozenset({
+    "device", "num_threads", "data_workers", "corpus", "run_dir", "crops_file", "init_from", "init_checkpoint",
+    "checkpoint_every", "checkpoint_minutes", "val_every", "val_crop", "val_max_images", "val_scales", "val_t",
+    "val_steps", "steps",
+})
+
+
 class YamlConfig:
     """from_yaml/from_dict/to_dict for the frozen training-config dataclasses: unknown
     keys are a one-line ConfigError, YAML lists become tuples (and back)."""
+
+    def check_resume(self, saved: dict, checkpoint: str | Path) -> None:
+        """Refuse to continue `checkpoint`, trained with the config `saved` (its to_dict),
+        under this one when a field outside RESUMABLE_FIELDS differs: a one-line
+        ConfigError naming the first such field (and how many more). A field the checkpoint
+        predates counts as its default; one this version no longer has is ignored."""
+        import json
+
+        def norm(v):
+            return json.loads(json.dumps(v))  # tuples and lists alike
+
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        now = self.to_dict()
+        changed = []
+        for name, f in fields.items():
+            if name in RESUMABLE_FIELDS:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            old = saved.get(name, list(default) if isinstance(default, tuple) else default)
+            if norm(old) != norm(now[name]):
+                changed.append((name, old, now[name]))
+        if "steps" in saved and saved["steps"] != now["steps"]:
+            import logging
+
+            logging.getLogger(__name__).warning("--resume: %s was scheduled for %s steps, now %s: the learning rate "
+                                                "follows the new schedule from here", checkpoint, saved["steps"],
+                                                now["steps"])
+        if changed:
+            name, old, new = changed[0]
+            more = f" (and {len(changed) - 1} more: {', '.join(c[0] for c in changed[1:])})" if len(changed) > 1 else ""
+            raise ConfigError(f"--resume: {checkpoint} was trained with {name}={old!r}, the config now says "
+                              f"{new!r}{more}: put it back, or start a new run from its weights "
+                              "(init_from / init_checkpoint)")
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides):

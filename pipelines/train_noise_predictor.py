@@ -48,7 +48,7 @@ import yaml
 
 from vsr.core.resample import resample  # noqa: F401 - re-exported: its old home
 from vsr.calibrate import PREDICTOR_GRID, PREDICTOR_RULE
-from vsr.errors import ConfigError, InputError, OutputError, UsageError
+from vsr.errors import InputError, OutputError, UsageError
 from vsr.jobs.files import write_new_file
 
 from .predictor_config import PredictorTrainConfig, build_predictor
@@ -119,9 +119,8 @@ def train(
         val = load_val_crops(cfg.corpus, cfg.val_crop, cfg.val_max_images)
     trainer = PredictorTrainer(cfg, prior, crops, val)
     state = _read_checkpoint(ckpt) if resume and ckpt.exists() else None
-    if state is not None and tuple(state["config"].get("trainable") or ()) != cfg.trainable:
-        raise ConfigError(f"--resume: {ckpt} trained trainable={list(state['config'].get('trainable') or [])}, "
-                          f"the config now says {list(cfg.trainable)}: start a new run (init_checkpoint) to train other weights")
+    if state is not None:
+        cfg.check_resume(state["config"], ckpt)
     run.mkdir(parents=True, exist_ok=True)  # after the checks: a refused run leaves no folder
     if state is not None:
         trainer.load_state_dict(state)

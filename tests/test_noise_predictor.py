@@ -885,8 +885,11 @@ def test_trainable_trains_one_anchor_and_leaves_every_other_weight_exactly(tmp_p
         tiny_cfg(tmp_path / "c", trainable=("",), **anch)
     # resuming with other trainable weights would unfreeze what the run kept: refused, the run untouched
     before = (tmp_path / "b" / "config.yaml").read_text()
-    with pytest.raises(ConfigError, match="--resume"):
+    with pytest.raises(ConfigError, match="--resume: .* was trained with trainable=\\['anchor_offsets.0.'\\]"):
         tnp.train(dataclasses.replace(cfg, trainable=("anchor_offsets.1.",), steps=6), resume=True, **kw)
+    # as would another loss or learning rate: every field but where/how it runs is the run's
+    with pytest.raises(ConfigError, match="grad_weight=0.5, the config now says 0.1 \\(and 1 more: lr\\)"):
+        tnp.train(dataclasses.replace(cfg, grad_weight=0.1, lr=1e-3), resume=True, **kw)
     assert (tmp_path / "b" / "config.yaml").read_text() == before
     assert tnp.PredictorTrainConfig.from_dict(cfg.to_dict()) == cfg
 

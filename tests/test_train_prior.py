@@ -47,6 +47,39 @@ def test_resume_is_bit_for_bit(tiny_corpus, tmp_path):
     assert set(tp.VAL_T_FRACTIONS) == {float(k.split("@")[1]) for k in resumed.history[-1] if k.startswith("psnr")}
 
 
+def test_resume_refuses_a_config_that_changes_what_a_step_computes(tiny_corpus, tmp_path, caplog):
+    """--resume continues the run its checkpoint holds: a changed learning rate, EMA or
+    architecture is a one-line ConfigError before anything is written; where and how it
+    runs (threads, validation cadence) may change, and a new `steps` (with a warning)
+    re-spans the LR schedule."""
+    import logging
+
+    import yaml
+
+    run = tmp_path / "b"
+    tp.train(tiny_cfg(tiny_corpus, run), progress=False, stop_at=2)
+    written = (run / "config.yaml").read_bytes()
+    stamp = (run / "last.pt").stat().st_mtime_ns
+    with pytest.raises(ConfigError, match=r"--resume: .*last.pt was trained with lr=0.0004, the config now says "
+                                          r"0.001 \(and 1 more: ema_decay\)"):
+        tp.train(tiny_cfg(tiny_corpus, run, lr=1e-3, ema_decay=0.9), resume=True, progress=False)
+    with pytest.raises(ConfigError, match="block_out_channels"):
+        tp.train(tiny_cfg(tiny_corpus, run, block_out_channels=(8, 8)), resume=True, progress=False)
+    assert (run / "config.yaml").read_bytes() == written and (run / "last.pt").stat().st_mtime_ns == stamp
+    # the same run on torch's own thread count, validated less often, scheduled for 6 steps
+    with caplog.at_level(logging.WARNING):
+        resumed = tp.train(tiny_cfg(tiny_corpus, run, num_threads=0, val_every=3, steps=6), resume=True,
+                           progress=False)
+    assert resumed.step == 6 and "scheduled for 4 steps, now 6" in caplog.text
+    assert yaml.safe_load((run / "config.yaml").read_text())["steps"] == 6
+    # a checkpoint without a config is not a prior checkpoint: one line, not a KeyError
+    torch.save({"step": 1}, run / "last.pt")
+    from vsr.errors import InputError
+
+    with pytest.raises(InputError, match="not a vsr prior checkpoint"):
+        tp.train(tiny_cfg(tiny_corpus, run), resume=True, progress=False)
+
+
 def test_loss_decreases_on_a_fixed_batch(tiny_corpus, tmp_path):
     cfg = tiny_cfg(tiny_corpus, tmp_path / "c", lr=3e-3, bf16=False)
     trainer = tp.Trainer(cfg, tp.load_images(cfg.corpus, "train", 512), None)
