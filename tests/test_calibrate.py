@@ -80,18 +80,19 @@ def test_calibrate_noise_predictor_writes_its_start_per_scale_and_the_prf_ignore
     model = with_noise_predictor(tmp_path / "np", t=(0.05, 0.1), pixel_unshuffle=2)
     entry = yaml.safe_load((model / "model_card.yaml").read_text())["noise_predictor"]
     entry["architecture"] = {"channels": 8}  # provenance the calibration must keep
+    entry["calibration_note"] = "about the levels being replaced"  # ... and a note it must not
     card = yaml.safe_load((model / "model_card.yaml").read_text())
     card["noise_predictor"] = entry
     (model / "model_card.yaml").write_text(yaml.safe_dump(card))
     scores = tmp_path / "scores.json"
-    argv = ["calibrate", "--model", str(model), "--noise-predictor", "--scales", "2", "4", "--images", str(images),
+    argv = ["calibrate", "--model", str(model), "--noise-predictor", "--scales", "4", "2", "4", "--images", str(images),
             "--grid", "0.005", "0.05", "0.3", "--crop", "32", "--dtype", "float32", "--steps", "1",
             "--consistency", "2", "--out", str(scores)]
     assert cli_main(argv) == 0
     assert "written to" in capsys.readouterr().out
     entry = yaml.safe_load((model / "model_card.yaml").read_text())["noise_predictor"]
     assert entry["scales"] == [2.0, 4.0] and entry["steps"] == 1 and entry["consistency"] == 2
-    assert entry["architecture"] == {"channels": 8} and entry["mix"] == 0.0
+    assert entry["architecture"] == {"channels": 8} and entry["mix"] == 0.0 and "calibration_note" not in entry
     assert entry["calibration"]["images"] == 3 and entry["calibration"]["scores"] == str(scores)
     measured = json.loads(scores.read_text())
     for s, t in zip(entry["scales"], entry["t"]):
@@ -101,6 +102,10 @@ def test_calibrate_noise_predictor_writes_its_start_per_scale_and_the_prf_ignore
         assert t == min(near, key=lambda lv: near[lv]["gmsd"])
     up = Upscaler.from_pretrained(str(model), scale=2, dtype="float32")
     assert up.steps == 1 and up.consistency == 2 and up.timesteps_for(2.0) == (round(entry["t"][0] * 1000),)
+    # a crop the model cannot tile is one line before anything is measured; the card stays
+    card_bytes = (model / "model_card.yaml").read_bytes()
+    assert cli_main([*argv[:argv.index("--crop")], "--crop", "30"]) == 2
+    assert "multiple" in capsys.readouterr().err and (model / "model_card.yaml").read_bytes() == card_bytes
     # the scores stay in the card when no --out is given
     assert cli_main(["calibrate", "--model", str(model), "--noise-predictor", "--scales", "2", "--images", str(images),
                      "--grid", "0.05", "--crop", "32", "--dtype", "float32", "--max-images", "1"]) == 0

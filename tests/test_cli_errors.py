@@ -133,6 +133,20 @@ def test_calibrate_bad_options(tmp_path, capsys):
     out = tmp_path / "missing" / "curves.png"
     code, err = run(["calibrate", "--images", str(tmp_path), "--out", str(out)], capsys)
     assert_one_line(code, err, EXIT_OUTPUT, "--out")
+    # refused before the model loads or anything is measured: values a card could not hold
+    # afterwards (it would no longer load), and an --out that is not the file it writes
+    for bad, says in ((["--steps", "100"], "--steps must be an integer in 1..50"),
+                      (["--consistency", "11"], "--consistency must be an integer in 0..10"),
+                      (["--scales", "nan"], "--scales must be upscaling factors > 1"),
+                      (["--scales", "inf"], "--scales must be upscaling factors > 1"),
+                      (["--crop", "-5"], "--crop must be a positive size"),
+                      (["--out", str(tmp_path)], "give a .json file"),
+                      (["--out", str(tmp_path / "scores.png")], "give a .json file")):
+        code, err = run(["calibrate", "--noise-predictor", "--images", str(tmp_path), *bad], capsys)
+        assert_one_line(code, err, EXIT_USAGE, says)
+    for out in (tmp_path / "curves", tmp_path / "curves.json"):  # matplotlib would write curves.png
+        code, err = run(["calibrate", "--images", str(tmp_path), "--out", str(out)], capsys)
+        assert_one_line(code, err, EXIT_USAGE, "give a .png or .pdf or .svg file")
 
 
 def test_models_info_of_a_folder_without_a_model(tmp_path, capsys):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vsr.config import EngineConfig
+from vsr.config import MAX_CONSISTENCY, MAX_STEPS, EngineConfig
 from vsr.errors import InputError, OutputError, UsageError
 from vsr.models import DEFAULT_MODEL, resolve_model, shipped_card_path
 from vsr.engine import DEFAULT_CONSISTENCY, Upscaler, resize
@@ -203,8 +204,10 @@ def plot(results: list[ScaleResult], settings: dict, out: Path) -> bool:
 
 # -- `vsr calibrate` ------------------------------------------------------------------
 def add_cli(parser) -> None:
-    parser.add_argument("--model", help="model name, folder or hub id (default: the shipped prior)")
-    parser.add_argument("--scales", type=float, nargs="+", default=[2, 3, 4, 6, 8], help="upscaling factors")
+    parser.add_argument("--model", help="model name, folder or hub id (default: the shipped prior); a folder's "
+                        "model_card.yaml is rewritten with the result")
+    parser.add_argument("--scales", type=float, nargs="+", default=[2, 3, 4, 6, 8],
+                        help="upscaling factors (default 2 3 4 6 8)")
     parser.add_argument("--images", required=True, help="a folder of high-resolution images (the truth)")
     parser.add_argument("--noise-predictor", action="store_true",
                         help="calibrate the model's noise predictor (InvSR) instead: its start t/T per scale, "
@@ -214,14 +217,17 @@ def add_cli(parser) -> None:
     parser.add_argument("--crop", type=int, help="center-crop size (default: the model card's crop)")
     parser.add_argument("--max-images", type=int, default=8, help="use at most this many images")
     parser.add_argument("--steps", type=int,
-                        help="DDIM steps per run (default 2; with --noise-predictor the card's calibrated count, else 1)")
+                        help="DDIM steps per run, 1..50 (default: 2 for the PRF; with --noise-predictor the count "
+                             "its card records, 1 if none)")
     parser.add_argument("--consistency", type=int,
-                        help=f"back-projection passes per step, as the engine will run (default {DEFAULT_CONSISTENCY}; "
-                             f"with --noise-predictor the card's calibrated count, else {DEFAULT_CONSISTENCY})")
+                        help=f"back-projection passes per step as the engine will run, 0..10 (default: "
+                             f"{DEFAULT_CONSISTENCY} for the PRF; with --noise-predictor the count its card records, "
+                             f"{DEFAULT_CONSISTENCY} if none)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--out", help="PNG of the loss curves (default: calibration-<model>.png); with "
-                        "--noise-predictor a JSON file of every score, which the card then names (default: in the card)")
+    parser.add_argument("--out", help="the loss curves, a .png, .pdf or .svg file (default: calibration-<model>.png); "
+                        "with --noise-predictor a .json file of every score, which the card then names (default: "
+                        "the scores go in the card)")
     parser.add_argument("--write", action="store_true", help="write the shipped model's card in configs/models")
 
 
@@ -236,22 +242,32 @@ def _card_target(model: str | None, write: bool) -> Path | None:
     return None
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
 def run_cli(args) -> int:
-    grid = sorted(args.grid or (PREDICTOR_GRID if args.noise_predictor else DEFAULT_GRID))
+    grid = sorted(set(args.grid or (PREDICTOR_GRID if args.noise_predictor else DEFAULT_GRID)))
     if not all(0 < t < 1 for t in grid):
         raise UsageError("--grid values must be noise levels t/T in (0, 1)")
-    if any(s <= 1 for s in args.scales):
+    if not all(math.isfinite(s) and s > 1 for s in args.scales):
         raise UsageError("--scales must be upscaling factors > 1")
     if args.max_images < 1:
         raise UsageError(f"--max-images must be at least 1, got {args.max_images}")
-    for name in ("steps", "consistency"):
-        low = 1 if name == "steps" else 0
-        if getattr(args, name) is not None and getattr(args, name) < low:
-            raise UsageError(f"--{name} must be at least {low}, got {getattr(args, name)}")
-    scales = sorted(args.scales)
-    png = Path(args.out) if args.out else None
-    if png is not None and not png.parent.is_dir():  # fail before the long measurement
-        raise OutputError(f"--out {png}: folder {png.parent} does not exist; create it first")
+    if args.crop is not None and args.crop < 1:
+        raise UsageError(f"--crop must be a positive size in pixels, got {args.crop}")
+    for name, (low, high) in {"steps": (1, MAX_STEPS), "consistency": (0, MAX_CONSISTENCY)}.items():
+        value = getattr(args, name)
+        if value is not None and not low <= value <= high:
+            raise UsageError(f"--{name} must be an integer in {low}..{high}, got {value}")
+    scales = sorted(set(args.scales))
+    out = Path(args.out) if args.out else None
+    kinds = (".json",) if args.noise_predictor else PLOT_SUFFIXES
+    if out is not None:  # fail before the long measurement
+        if out.is_dir() or out.suffix.lower() not in kinds:
+            raise UsageError(f"--out {out}: give a {' or '.join(kinds)} file"
+                             f"{' (the scores of --noise-predictor)' if args.noise_predictor else ' (the loss curves)'}")
+        if not out.parent.is_dir():
+            raise OutputError(f"--out {out}: folder {out.parent} does not exist; create it first")
     if args.noise_predictor:
         return _run_predictor_cli(args, grid, scales)
     # the PRF is plain Diff-SR's field (what --noise-predictor off runs): a model's
@@ -276,22 +292,22 @@ def run_cli(args) -> int:
         calibration={
             "date": datetime.date.today().isoformat(), "images": int(hr.shape[0]), "crop": crop, "steps": up.steps,
             "consistency": up.consistency,
-            "grid": [float(t) for t in grid], "w": round(settings["w"], 6), "c_s": round(settings["c_s"], 6),
-            "c_f": round(settings["c_f"], 6),
+            "grid": [float(t) for t in grid], "w": float(f"{settings['w']:.4g}"), "c_s": float(f"{settings['c_s']:.4g}"),
+            "c_f": float(f"{settings['c_f']:.4g}"),
             "fields": {f"{r.scale:g}": (list(r.field) if r.field else None) for r in results},
         },
     )
+    png = out or Path(f"calibration-{card.name.replace('/', '_')}.png")
+    try:  # the curves first: a card is rewritten only by a run that completes
+        saved = plot(results, settings, png)
+    except (OSError, ValueError) as exc:  # unwritable
+        raise OutputError(f"cannot write the loss curves to {png}: {exc}") from None
     target = _card_target(args.model, args.write)
     if target is not None:
         new_card.save(target, header=f"Model card of {new_card.name}; prf measured by `vsr calibrate` (see calibration:).")
         print(f"PRF curve {list(scales)} -> {new_card.prf_t} written to {target}")
     else:
         print(f"PRF curve {list(scales)} -> {new_card.prf_t} (not written: pass --write for a shipped model)")
-    png = png or Path(f"calibration-{card.name.replace('/', '_')}.png")
-    try:
-        saved = plot(results, settings, png)
-    except (OSError, ValueError) as exc:  # unwritable, or an extension matplotlib cannot write
-        raise OutputError(f"cannot write the loss curves to {png}: {exc}") from None
     print(f"loss curves saved to {png}" if saved else "PNG skipped: matplotlib is not installed")
     return 0
 
@@ -315,6 +331,7 @@ def _run_predictor_cli(args, grid: list[float], scales: list[float]) -> int:
     consistency = DEFAULT_CONSISTENCY if consistency is None else consistency
     card = up.model.card
     crop = args.crop or card.crop
+    up.with_config(tile=crop)  # the same check of the crop as the PRF's (the model's multiple)
     hr = load_crops(args.images, crop, args.max_images)
     print(f"calibrating the noise predictor of {card.name} on {hr.shape[0]} crops of {crop}x{crop}, "
           f"{len(scales)} scales x {len(grid)} start levels, {steps} step(s), {consistency} pass(es)")
@@ -330,6 +347,7 @@ def _run_predictor_cli(args, grid: list[float], scales: list[float]) -> int:
         except OSError as exc:
             raise OutputError(f"cannot write the scores to {args.out}: {exc.strerror or exc}") from None
     entry = dict(card.extra.get(CARD_KEY) or {})
+    entry.pop("calibration_note", None)  # it spoke of the levels being replaced
     entry.update(chosen)
     entry.update(steps=steps, consistency=consistency)
     entry["calibration"] = {

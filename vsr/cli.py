@@ -43,7 +43,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "upscale": ("vsr.pipelines.upscale_cli", "upscale a video file (the main job)"),
     "stream": ("vsr.pipelines.stream_cli", "upscale a live stream (RTMP, SRT, UDP, a pipe) in real time"),
     "gst-plugin-path": ("vsr.pipelines.gst", "print the folder to add to GST_PLUGIN_PATH for the vsrupscale element"),
-    "calibrate": ("vsr.calibrate", "measure a model's Perceptual Recoverable Field per scale"),
+    "calibrate": ("vsr.calibrate", "measure a model's noise level per scale: its Perceptual Recoverable Field, "
+                                   "or with --noise-predictor its noise predictor's start"),
     "models": ("vsr.models", "list the available models or show a model card"),
     "eval": ("vsr.evaluate", "quality and temporal metrics of an output video"),
     "corpus": ("vsr.pipelines.corpus", "build the training corpus from registry packages"),

@@ -21,6 +21,7 @@ from vsr.errors import ConfigError
 NOISE_MODES = ("shared", "fresh")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MAX_STEPS = 50
+MAX_CONSISTENCY = 10  # back-projection passes per step
 
 
 def configs_dir() -> Path:
@@ -155,8 +156,9 @@ class EngineConfig:
             if not is_number(self.noise_level) or not 0 < self.noise_level < 1:
                 _fail("noise_level", self.noise_level, "'auto' or a number t/T in (0, 1), e.g. 0.3")
             set_(self, "noise_level", float(self.noise_level))
-        if self.consistency != "auto" and (not is_int(self.consistency) or not 0 <= self.consistency <= 10):
-            _fail("consistency", self.consistency, "'auto' or an integer in 0..10 (back-projection passes per step; 0 = off)")
+        if self.consistency != "auto" and (not is_int(self.consistency) or not 0 <= self.consistency <= MAX_CONSISTENCY):
+            _fail("consistency", self.consistency,
+                  f"'auto' or an integer in 0..{MAX_CONSISTENCY} (back-projection passes per step; 0 = off)")
         if self.tile is not None and (not is_int(self.tile) or not 8 <= self.tile <= 4096):
             _fail("tile", self.tile, "an integer in 8..4096 (unset or null: the model card's crop)")
         if self.overlap != "auto":

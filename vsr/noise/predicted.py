@@ -221,8 +221,8 @@ def load_noise_predictor(
     entry = entry or {}
     scales, levels = entry.get("scales"), entry.get("t")
     if scales is None or levels is None:
-        log.warning("noise predictor in %s has no calibrated start timesteps: using the PRF curve (export it with "
-                    "`vsr train predictor-export --calibrate`)", folder)
+        log.warning("noise predictor in %s has no calibrated start timesteps: using the PRF curve (measure them "
+                    "with `vsr calibrate --model FOLDER --noise-predictor --images DIR`)", folder)
         scales = levels = None
     try:
         return PredictedNoise(
