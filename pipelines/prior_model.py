@@ -125,39 +125,41 @@ class YamlConfig:
     """from_yaml/from_dict/to_dict for the frozen training-config dataclasses: unknown
     keys are a one-line ConfigError, YAML lists become tuples (and back)."""
 
-    def check_resume(self, saved: dict, checkpoint: str | Path) -> None:
-        """Refuse to continue `checkpoint`, trained with the config `saved` (its to_dict),
-        under this one when a field outside RESUMABLE_FIELDS differs: a one-line
-        ConfigError naming the first such field (and how many more). A field the checkpoint
-        predates counts as its default; one this version no longer has is ignored."""
+    def check_resume(self, saved: dict, checkpoint: str | Path, step: int, restart: str) -> None:
+        """Refuse to continue `checkpoint` (at `step`, trained with the config `saved`, its
+        to_dict) under this config when a field outside RESUMABLE_FIELDS differs, or when
+        `steps` ends before `step`: a one-line ConfigError naming the first such field (and
+        how many more), ending in `restart` (how to start a new run from its weights). A
+        field the checkpoint predates counts as its default; one this version no longer has
+        is ignored. A new `steps` that passes is logged as a warning (the LR re-spans)."""
         import json
+        import logging
 
         def norm(v):
             return json.loads(json.dumps(v))  # tuples and lists alike
 
-        fields = {f.name: f for f in dataclasses.fields(self)}
         now = self.to_dict()
         changed = []
-        for name, f in fields.items():
-            if name in RESUMABLE_FIELDS:
+        for f in dataclasses.fields(self):
+            if f.name in RESUMABLE_FIELDS:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-            old = saved.get(name, list(default) if isinstance(default, tuple) else default)
-            if norm(old) != norm(now[name]):
-                changed.append((name, old, now[name]))
-        if "steps" in saved and saved["steps"] != now["steps"]:
-            import logging
-
-            logging.getLogger(__name__).warning("--resume: %s was scheduled for %s steps, now %s: the learning rate "
-                                                "follows the new schedule from here", checkpoint, saved["steps"],
-                                                now["steps"])
+            old = saved.get(f.name, list(default) if isinstance(default, tuple) else default)
+            if norm(old) != norm(now[f.name]):
+                changed.append((f.name, old, now[f.name]))
         if changed:
             name, old, new = changed[0]
             more = f" (and {len(changed) - 1} more: {', '.join(c[0] for c in changed[1:])})" if len(changed) > 1 else ""
             raise ConfigError(f"--resume: {checkpoint} was trained with {name}={old!r}, the config now says "
-                              f"{new!r}{more}: put it back, or start a new run from its weights "
-                              "(init_from / init_checkpoint)")
+                              f"{new!r}{more}: put it back, or {restart}")
+        if now["steps"] < step:
+            raise ConfigError(f"--resume: {checkpoint} is at step {step}, past the config's steps {now['steps']}: "
+                              f"give steps >= {step}, or {restart}")
+        if "steps" in saved and saved["steps"] != now["steps"]:
+            logging.getLogger(__name__).warning("--resume: %s was scheduled for %s steps, now %s: the learning rate "
+                                                "follows the new schedule from here", checkpoint, saved["steps"],
+                                                now["steps"])
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides):

@@ -120,7 +120,8 @@ def train(
     trainer = PredictorTrainer(cfg, prior, crops, val)
     state = _read_checkpoint(ckpt) if resume and ckpt.exists() else None
     if state is not None:
-        cfg.check_resume(state["config"], ckpt)
+        cfg.check_resume(state["config"], ckpt, int(state.get("step", 0)),
+                         f"start a new run from its weights (init_checkpoint: {ckpt})")
     run.mkdir(parents=True, exist_ok=True)  # after the checks: a refused run leaves no folder
     if state is not None:
         trainer.load_state_dict(state)

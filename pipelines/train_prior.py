@@ -73,9 +73,11 @@ def train(
         except Exception as exc:  # noqa: BLE001 - pickle/zip errors vary by torch version
             raise InputError(f"cannot resume from {ckpt}: not a plain vsr checkpoint ({type(exc).__name__}); "
                              "move it away to start over") from None
-        if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
-            raise InputError(f"cannot resume from {ckpt}: not a vsr prior checkpoint (no config); move it away to start over")
-        cfg.check_resume(state["config"], ckpt)
+        if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or not isinstance(state.get("step"), int):
+            raise InputError(f"cannot resume from {ckpt}: not a vsr prior checkpoint (no config or step); "
+                             "move it away to start over")
+        cfg.check_resume(state["config"], ckpt, int(state.get("step", 0)),
+                         "start a new run from its weights (vsr train export, then init_from that folder)")
         trainer.load_state_dict(state)
         log.info("resumed from %s at step %d", ckpt, trainer.step)
     run.mkdir(parents=True, exist_ok=True)

@@ -63,8 +63,13 @@ def test_resume_refuses_a_config_that_changes_what_a_step_computes(tiny_corpus, 
     with pytest.raises(ConfigError, match=r"--resume: .*last.pt was trained with lr=0.0004, the config now says "
                                           r"0.001 \(and 1 more: ema_decay\)"):
         tp.train(tiny_cfg(tiny_corpus, run, lr=1e-3, ema_decay=0.9), resume=True, progress=False)
-    with pytest.raises(ConfigError, match="block_out_channels"):
+    with pytest.raises(ConfigError, match="block_out_channels.*vsr train export, then init_from"):
         tp.train(tiny_cfg(tiny_corpus, run, block_out_channels=(8, 8)), resume=True, progress=False)
+    with caplog.at_level(logging.WARNING), pytest.raises(ConfigError, match="lr="):  # refused: no word of a schedule
+        tp.train(tiny_cfg(tiny_corpus, run, lr=1e-3, steps=8), resume=True, progress=False)
+    assert "scheduled" not in caplog.text
+    with pytest.raises(ConfigError, match="is at step 2, past the config's steps 1"):
+        tp.train(tiny_cfg(tiny_corpus, run, steps=1), resume=True, progress=False)
     assert (run / "config.yaml").read_bytes() == written and (run / "last.pt").stat().st_mtime_ns == stamp
     # the same run on torch's own thread count, validated less often, scheduled for 6 steps
     with caplog.at_level(logging.WARNING):
