@@ -173,6 +173,19 @@ def _prior_dtype(name: str, device: torch.device) -> torch.dtype:
     return resolve_dtype(name, device) if name == "auto" else getattr(torch, name)
 
 
+def prior_fingerprint(prior) -> str:
+    """sha256 of a loaded prior's weights (its net's state dict: names, shapes, dtypes and
+    values, in order): which prior a run trains against, whatever folder it came from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in prior.net.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 class PredictorTrainer:
     """One run's state; `state_dict` is everything needed to continue bit-for-bit.
 
@@ -208,6 +221,7 @@ class PredictorTrainer:
         self.history: list[dict] = []
         self.crops = crops
         self.val = val
+        self.prior_sha256 = prior_fingerprint(prior)  # which prior the run trains against, in every checkpoint
 
     def state_dict(self) -> dict:
         return {
@@ -215,6 +229,7 @@ class PredictorTrainer:
             "net": self.net.state_dict(), "opt": self.opt.state_dict(), "ema": self.ema.state_dict(),
             "gen": self.gen.get_state(), "history": self.history,
             "schedule": list(_schedule_of(self.prior)),
+            "prior_sha256": self.prior_sha256,
         }
 
     def load_state_dict(self, state: dict) -> None:

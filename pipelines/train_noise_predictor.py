@@ -48,7 +48,7 @@ import yaml
 
 from vsr.core.resample import resample  # noqa: F401 - re-exported: its old home
 from vsr.calibrate import PREDICTOR_GRID, PREDICTOR_RULE
-from vsr.errors import InputError, OutputError, UsageError
+from vsr.errors import ConfigError, InputError, OutputError, UsageError
 from vsr.jobs.files import write_new_file
 
 from .predictor_config import PredictorTrainConfig, build_predictor
@@ -81,6 +81,7 @@ from .predictor_trainer import (  # noqa: F401 - re-exported: their old home
     ema_by_name,
     evaluate,
     load_val_crops,
+    prior_fingerprint,
     save_checkpoint,
     sharpness,
     shift_difference,
@@ -122,6 +123,10 @@ def train(
     if state is not None:
         cfg.check_resume(state["config"], ckpt, int(state.get("step", 0)),
                          f"start a new run from its weights (init_checkpoint: {ckpt})")
+        if state.get("prior_sha256") not in (None, trainer.prior_sha256):  # e.g. `prior: null` after a new release
+            raise ConfigError(f"--resume: {ckpt} trained against a prior with other weights than "
+                              f"{cfg.prior or 'the shipped one'} has now: point `prior` at the one it trained "
+                              f"against, or start a new run from its weights (init_checkpoint: {ckpt})")
     run.mkdir(parents=True, exist_ok=True)  # after the checks: a refused run leaves no folder
     if state is not None:
         trainer.load_state_dict(state)

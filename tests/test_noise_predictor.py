@@ -449,6 +449,9 @@ def test_training_resumes_bit_for_bit(tmp_path):
     kw = dict(progress=False, prior=prior, crops=crops)
     straight = tnp.train(tiny_cfg(tmp_path / "a", direct_steps=1), **kw)  # a warm-start step, then end to end
     tnp.train(tiny_cfg(tmp_path / "b", direct_steps=1), stop_at=2, **kw)
+    # a prior with other weights (e.g. `prior: null` after a new release) is not the run's: refused
+    with pytest.raises(ConfigError, match="trained against a prior with other weights"):
+        tnp.train(tiny_cfg(tmp_path / "b", direct_steps=1), resume=True, **{**kw, "prior": tiny_prior(seed=1)})
     resumed = tnp.train(tiny_cfg(tmp_path / "b", direct_steps=1), resume=True, **kw)
     assert resumed.step == straight.step == 4
     assert torch.equal(_params(straight), _params(resumed))
