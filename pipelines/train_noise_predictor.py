@@ -120,6 +120,9 @@ def train(
         val = load_val_crops(cfg.corpus, cfg.val_crop, cfg.val_max_images)
     trainer = PredictorTrainer(cfg, prior, crops, val)
     state = _read_checkpoint(ckpt) if resume and ckpt.exists() else None
+    if state is not None and not ({"opt", "gen", "step"} <= set(state) and isinstance(state["step"], int)):
+        raise InputError(f"cannot resume from {ckpt}: not a run's own checkpoint (no optimiser, random stream or "
+                         "step: an averaged or set-anchor file?); start a new run from it with init_checkpoint")
     if state is not None:
         cfg.check_resume(state["config"], ckpt, int(state.get("step", 0)),
                          f"start a new run from its weights (init_checkpoint: {ckpt})")

@@ -449,6 +449,15 @@ def test_training_resumes_bit_for_bit(tmp_path):
     kw = dict(progress=False, prior=prior, crops=crops)
     straight = tnp.train(tiny_cfg(tmp_path / "a", direct_steps=1), **kw)  # a warm-start step, then end to end
     tnp.train(tiny_cfg(tmp_path / "b", direct_steps=1), stop_at=2, **kw)
+    # a weights-only file (what predictor-average writes) in the run's place: one line, not a KeyError
+    from vsr.errors import InputError
+
+    torch.save({k: v for k, v in torch.load(tmp_path / "b" / "last.pt", weights_only=True).items() if k != "opt"},
+               tmp_path / "c.pt")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c.pt").rename(tmp_path / "c" / "last.pt")
+    with pytest.raises(InputError, match="not a run's own checkpoint"):
+        tnp.train(tiny_cfg(tmp_path / "c", direct_steps=1), resume=True, **kw)
     # a prior with other weights (e.g. `prior: null` after a new release) is not the run's: refused
     with pytest.raises(ConfigError, match="trained against a prior with other weights"):
         tnp.train(tiny_cfg(tmp_path / "b", direct_steps=1), resume=True, **{**kw, "prior": tiny_prior(seed=1)})
