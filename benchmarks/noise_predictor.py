@@ -24,11 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 from collections.abc import Callable
 
+import cv2
 import numpy as np
 import torch
 
@@ -43,11 +45,13 @@ from vsr.noise import make_noise
 from vsr.noise.predicted import load_noise_predictor
 
 
-def _engines(model_dir: str, scale: float, steps: int | str) -> dict[str, Upscaler]:
+def _engines(model_dir: str, scale: float, steps: int | str, size: tuple[int, int] | None = None) -> dict[str, Upscaler]:
     """Shared, fresh and predicted noise at `steps` ("auto": each at its default, i.e. 2
-    for the Gaussian sources and the card's calibrated count for the predictor)."""
+    for the Gaussian sources and the card's calibrated count for the predictor); to `size`
+    (w, h) when given (the truth's: at 3x a 256-pixel crop is 85 pixels, and 85 x 3 is 255),
+    else by `scale`."""
     model = load_model(model_dir)
-    cfg = EngineConfig().replace(scale=scale, steps=steps, device="cpu")
+    cfg = EngineConfig().replace(**({"size": size} if size else {"scale": scale}), steps=steps, device="cpu")
     pred = load_noise_predictor(model, base=make_noise("shared", cfg.seed))
     if pred is None:
         raise SystemExit(f"{model_dir} has no noise_predictor/")
@@ -121,19 +125,23 @@ def fidelity(
         dat = _dat_light(s)
         if isinstance(dat, str):
             row["dat-light"] = {"unavailable": dat}
+            print(f"DAT-light left out at {s:g}x: {dat}", file=sys.stderr)  # and from the mosaic
         else:
             imgs["dat-light"] = [dat(x) for x in _u8(low * 2 - 1)]
-            row["dat-light"] = _scores(imgs["dat-light"], refs, s)
-        engines = {k: v for k, v in _engines(model_dir, s, steps).items() if k != "vsr-fresh"}
+            side = imgs["dat-light"][0].shape[0]
+            if side != 256:  # n * s pixels (255 at 3x): to the truth's size with bicubic, as the row says
+                imgs["dat-light"] = [cv2.resize(x, (256, 256), interpolation=cv2.INTER_CUBIC) for x in imgs["dat-light"]]
+            row["dat-light"] = {**_scores(imgs["dat-light"], refs, s), **({"resized_from": side} if side != 256 else {})}
+        engines = {k: v for k, v in _engines(model_dir, s, steps, (256, 256)).items() if k != "vsr-fresh"}
         for k in predictor_steps:
             if k != engines["vsr-predicted"].steps:
-                engines[f"vsr-predicted-{k}step"] = _engines(model_dir, s, k)["vsr-predicted"]
+                engines[f"vsr-predicted-{k}step"] = _engines(model_dir, s, k, (256, 256))["vsr-predicted"]
         for name, eng in engines.items():
             t0 = time.perf_counter()
             res = torch.cat([eng.upscale_tensor(low[i : i + 1]) for i in range(len(low))])
             imgs[name] = _u8(res * 2 - 1)
-            row[name] = {**_scores(imgs[name], refs, s), "t_start": eng.timesteps_for(s)[0],
-                         "steps": len(eng.timesteps_for(s)),
+            row[name] = {**_scores(imgs[name], refs, s), "t_start": eng.timesteps_for(256 / n)[0],
+                         "steps": len(eng.timesteps_for(256 / n)),
                          "seconds_per_image": round((time.perf_counter() - t0) / len(low), 3)}
         out[f"{s:g}x"] = row
         kept[f"{s:g}x"] = {**imgs, "truth": refs}
