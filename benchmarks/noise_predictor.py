@@ -30,7 +30,6 @@ from pathlib import Path
 
 from collections.abc import Callable
 
-import cv2
 import numpy as np
 import torch
 
@@ -129,8 +128,9 @@ def fidelity(
         else:
             imgs["dat-light"] = [dat(x) for x in _u8(low * 2 - 1)]
             side = imgs["dat-light"][0].shape[0]
-            if side != 256:  # n * s pixels (255 at 3x): to the truth's size with bicubic, as the row says
-                imgs["dat-light"] = [cv2.resize(x, (256, 256), interpolation=cv2.INTER_CUBIC) for x in imgs["dat-light"]]
+            if side != 256:  # n * s pixels (255 at 3x): to the truth's size with vsr's bicubic, as the row says
+                dat_out = [torch.from_numpy(x).permute(2, 0, 1)[None].float() / 127.5 - 1 for x in imgs["dat-light"]]
+                imgs["dat-light"] = [_u8(resample(x, (256, 256)))[0] for x in dat_out]
             row["dat-light"] = {**_scores(imgs["dat-light"], refs, s), **({"resized_from": side} if side != 256 else {})}
         engines = {k: v for k, v in _engines(model_dir, s, steps, (256, 256)).items() if k != "vsr-fresh"}
         for k in predictor_steps:
@@ -140,8 +140,8 @@ def fidelity(
             t0 = time.perf_counter()
             res = torch.cat([eng.upscale_tensor(low[i : i + 1]) for i in range(len(low))])
             imgs[name] = _u8(res * 2 - 1)
-            row[name] = {**_scores(imgs[name], refs, s), "t_start": eng.timesteps_for(256 / n)[0],
-                         "steps": len(eng.timesteps_for(256 / n)),
+            ts = eng.timesteps_for(256 / n)
+            row[name] = {**_scores(imgs[name], refs, s), "t_start": ts[0], "steps": len(ts),
                          "seconds_per_image": round((time.perf_counter() - t0) / len(low), 3)}
         out[f"{s:g}x"] = row
         kept[f"{s:g}x"] = {**imgs, "truth": refs}

@@ -47,7 +47,6 @@ import torch
 import yaml
 
 from vsr.core.resample import resample  # noqa: F401 - re-exported: its old home
-from vsr.calibrate import PREDICTOR_GRID, PREDICTOR_RULE
 from vsr.errors import ConfigError, InputError, OutputError, UsageError
 from vsr.jobs.files import write_new_file
 
@@ -89,7 +88,10 @@ from .predictor_trainer import (  # noqa: F401 - re-exported: their old home
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_GRID = PREDICTOR_GRID  # `vsr calibrate --noise-predictor` measures with the same grid and rule
+# the start levels and the rule of `predictor-export --calibrate` and `vsr calibrate --noise-predictor`: a
+# predictor's start lies far below the PRF (its prediction is most of the answer)
+CALIBRATION_GRID = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2)
+CALIBRATION_RULE = "lowest GMSD within 0.1 dB of the best Y-PSNR (held-out crops, 8-bit antialiased-bicubic input)"
 CALIBRATION_SCALES = (2.0, 3.0, 4.0, 6.0, 8.0)
 
 
@@ -124,7 +126,7 @@ def train(
         raise InputError(f"cannot resume from {ckpt}: not a run's own checkpoint (no optimiser, random stream or "
                          "step: an averaged or set-anchor file?); start a new run from it with init_checkpoint")
     if state is not None:
-        cfg.check_resume(state["config"], ckpt, int(state.get("step", 0)),
+        cfg.check_resume(state["config"], ckpt, state["step"],
                          f"start a new run from its weights (init_checkpoint: {ckpt})")
         if state.get("prior_sha256") not in (None, trainer.prior_sha256):  # e.g. `prior: null` after a new release
             raise ConfigError(f"--resume: {ckpt} trained against a prior with other weights than "
@@ -329,6 +331,22 @@ def calibrate(
     return {"scales": [float(s) for s in scales], "t": chosen}, scores
 
 
+def calibrated_entry(net, prior, hr: torch.Tensor, *, scales, grid, steps: int, consistency: int, device: str = "auto",
+                     dtype: str = "auto", scores_file: str | None = None) -> tuple[dict, dict]:
+    """`calibrate`, as the card's `noise_predictor:` keys it sets: scales, t, steps,
+    consistency and a `calibration` record (date, settings, rule, and the scores, or
+    `scores_file` when the caller writes them there). Returns (keys, all scores)."""
+    import datetime
+
+    chosen, scores = calibrate(net, prior, hr, scales=scales, grid=grid, steps=steps, consistency=consistency,
+                               device=device, dtype=dtype)
+    keys = {**chosen, "steps": steps, "consistency": consistency, "calibration": {
+        "date": datetime.date.today().isoformat(), "steps": steps, "consistency": consistency, "images": int(len(hr)),
+        "crop": int(hr.shape[-1]), "grid": [float(g) for g in grid], "rule": CALIBRATION_RULE,
+        "scores": scores_file if scores_file else scores}}
+    return keys, scores
+
+
 # what an export writes: a folder holding nothing else is an earlier export, replaced whole
 EXPORT_FILES = {"unet", "scheduler", "noise_predictor", "model_card.yaml", "training.json", "training_corpus_manifest.json"}
 
@@ -353,14 +371,9 @@ def _write_export(out: Path, net, state: dict, cfg, checkpoint, location, card_p
         hr = load_val_crops(corpus or cfg.corpus, cfg.val_crop, val_max_images)
         steps = int(steps or cfg.val_steps)
         consistency = int(cfg.consistency if consistency is None else consistency)
-        cal, scores = calibrate(net, load_model(str(out)), hr, scales=scales, grid=grid, steps=steps,
-                                consistency=consistency, device=device)
-        entry.update(cal)
-        entry["steps"] = steps
-        entry["consistency"] = consistency
-        entry["calibration"] = {"steps": steps, "consistency": consistency, "images": int(len(hr)), "crop": cfg.val_crop,
-                                "grid": [float(g) for g in grid], "scores": scores,
-                                "rule": PREDICTOR_RULE}
+        keys, _ = calibrated_entry(net, load_model(str(out)), hr, scales=scales, grid=grid, steps=steps,
+                                   consistency=consistency, device=device)
+        entry.update(keys)
     entry["architecture"] = {
         "class": "vsr.models.noise_predictor.NoisePredictor", "channels": cfg.channels, "num_blocks": cfg.num_blocks,
         "pixel_unshuffle": cfg.pixel_unshuffle, "deep_blocks": cfg.deep_blocks, "deep_channels": cfg.deep_channels,

@@ -76,7 +76,7 @@ def train(
         if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or not isinstance(state.get("step"), int):
             raise InputError(f"cannot resume from {ckpt}: not a vsr prior checkpoint (no config or step); "
                              "move it away to start over")
-        cfg.check_resume(state["config"], ckpt, int(state.get("step", 0)),
+        cfg.check_resume(state["config"], ckpt, state["step"],
                          "start a new run from its weights (vsr train export, then init_from that folder)")
         trainer.load_state_dict(state)
         log.info("resumed from %s at step %d", ckpt, trainer.step)

@@ -35,9 +35,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_GRID = tuple(round(0.05 * i, 2) for i in range(1, 15))  # 0.05 .. 0.70
-# a noise predictor's start lies far below the PRF: its prediction is most of the answer
-PREDICTOR_GRID = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2)
-PREDICTOR_RULE = "lowest GMSD within 0.1 dB of the best Y-PSNR (held-out crops, 8-bit antialiased-bicubic input)"
 
 
 # -- pure maths -------------------------------------------------------------------
@@ -246,7 +243,10 @@ PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
 
 def run_cli(args) -> int:
-    grid = sorted(set(args.grid or (PREDICTOR_GRID if args.noise_predictor else DEFAULT_GRID)))
+    default_grid = DEFAULT_GRID
+    if args.noise_predictor:  # the export's start levels
+        from vsr.pipelines.train_noise_predictor import CALIBRATION_GRID as default_grid
+    grid = sorted(set(args.grid or default_grid))
     if not all(0 < t < 1 for t in grid):
         raise UsageError("--grid values must be noise levels t/T in (0, 1)")
     if not all(math.isfinite(s) and s > 1 for s in args.scales):
@@ -314,14 +314,15 @@ def run_cli(args) -> int:
 
 def _run_predictor_cli(args, grid: list[float], scales: list[float]) -> int:
     """`vsr calibrate --noise-predictor`: the start t/T per scale of the model's noise
-    predictor (InvSR), by the rule of `vsr train predictor-export --calibrate`
-    (PREDICTOR_RULE), written to the card's `noise_predictor:` entry (scales, t, steps,
-    consistency, calibration); the rest of the entry (architecture, training) is kept.
-    Raises UsageError for a model without a noise predictor."""
+    predictor (InvSR), measured and recorded as `vsr train predictor-export --calibrate`
+    does (`calibrated_entry`), written to the card's `noise_predictor:` entry; the rest
+    of the entry (architecture, training) is kept. The predictor trainer's scoring is
+    borrowed here, in this command only (docs/ARCHITECTURE.md). Raises UsageError for a
+    model without a noise predictor."""
     import json
 
     from vsr.noise.predicted import CARD_KEY, PredictedNoise
-    from vsr.pipelines.train_noise_predictor import calibrate as calibrate_start
+    from vsr.pipelines.train_noise_predictor import calibrated_entry
 
     up = Upscaler.from_pretrained(config=EngineConfig(model=args.model, device=args.device, dtype=args.dtype))
     if not isinstance(up.noise, PredictedNoise):
@@ -335,9 +336,10 @@ def _run_predictor_cli(args, grid: list[float], scales: list[float]) -> int:
     hr = load_crops(args.images, crop, args.max_images)
     print(f"calibrating the noise predictor of {card.name} on {hr.shape[0]} crops of {crop}x{crop}, "
           f"{len(scales)} scales x {len(grid)} start levels, {steps} step(s), {consistency} pass(es)")
-    chosen, scores = calibrate_start(up.noise.predictor, up.model, hr, scales=scales, grid=grid, steps=steps,
-                                     consistency=consistency, device=args.device, dtype=args.dtype)
-    for s, t in zip(chosen["scales"], chosen["t"]):
+    keys, scores = calibrated_entry(up.noise.predictor, up.model, hr, scales=scales, grid=grid, steps=steps,
+                                    consistency=consistency, device=args.device, dtype=args.dtype,
+                                    scores_file=args.out)
+    for s, t in zip(keys["scales"], keys["t"]):
         best = scores[f"{s:g}x"][f"t={t}"]
         print(f"  {s:g}x: t/T {t:g} (Y-PSNR {best['psnr']:.3f}, GMSD {best['gmsd']:.4f}; "
               f"bicubic {scores[f'{s:g}x']['bicubic']['psnr']:.3f})")
@@ -346,21 +348,13 @@ def _run_predictor_cli(args, grid: list[float], scales: list[float]) -> int:
             Path(args.out).write_text(json.dumps(scores, indent=1) + "\n")
         except OSError as exc:
             raise OutputError(f"cannot write the scores to {args.out}: {exc.strerror or exc}") from None
-    entry = dict(card.extra.get(CARD_KEY) or {})
-    entry.pop("calibration_note", None)  # it spoke of the levels being replaced
-    entry.update(chosen)
-    entry.update(steps=steps, consistency=consistency)
-    entry["calibration"] = {
-        "date": datetime.date.today().isoformat(), "steps": steps, "consistency": consistency,
-        "images": int(hr.shape[0]), "crop": crop, "grid": [float(t) for t in grid], "rule": PREDICTOR_RULE,
-        "scores": str(args.out) if args.out else scores,
-    }
-    new_card = dataclasses.replace(card, extra={**card.extra, CARD_KEY: entry})
+    entry = {k: v for k, v in (card.extra.get(CARD_KEY) or {}).items() if k != "calibration_note"}  # it spoke of the old levels
+    new_card = dataclasses.replace(card, extra={**card.extra, CARD_KEY: {**entry, **keys}})
     target = _card_target(args.model, args.write)
     if target is None:
-        print(f"start t/T {chosen['scales']} -> {chosen['t']} (not written: pass --write for a shipped model)")
+        print(f"start t/T {keys['scales']} -> {keys['t']} (not written: pass --write for a shipped model)")
         return 0
     new_card.save(target, header=f"Model card of {new_card.name}; noise_predictor start measured by "
                                  "`vsr calibrate --noise-predictor` (see noise_predictor.calibration).")
-    print(f"start t/T {chosen['scales']} -> {chosen['t']} written to {target}")
+    print(f"start t/T {keys['scales']} -> {keys['t']} written to {target}")
     return 0
